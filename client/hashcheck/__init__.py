@@ -1,0 +1,75 @@
+"""HashCheck: check file hashes against a hotline's lists of known abuse material.
+
+    import hashcheck
+
+    with hashcheck.Client("hashcheck.example:50051", api_key="...") as client:
+        result = client.check(["d41d8cd98f00b204e9800998ecf8427e"])
+        for hit in result.hits:
+            print(hit.hex, hit.algorithm.value, hit.list_names)
+
+Only hashes leave the caller. The SDK needs nothing beyond grpcio and
+protobuf; `hashcheck.AsyncClient` is the same client for asyncio, and the
+`hashcheck` command wraps both for scripts.
+"""
+
+# No `from __future__ import annotations` here: nothing below is annotated,
+# and it would add a public name `annotations` to the package.
+
+from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
+from hashcheck._async_client import AsyncClient
+from hashcheck._client import Client
+from hashcheck._config import TLSOptions
+from hashcheck._exceptions import (
+    AuthenticationError,
+    CallError,
+    HashCheckError,
+    InvalidHash,
+    InvalidRequest,
+    PermissionDenied,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+    ServerUnavailable,
+)
+from hashcheck._hashing import FileHashes, hash_file
+from hashcheck._models import (
+    AlgorithmInfo,
+    Batch,
+    BatchResult,
+    CheckResult,
+    Hit,
+    Info,
+    ListMatch,
+)
+from hashcheck._packing import pack_hashes
+from hashcheck._version import __version__
+
+__all__ = [
+    "Algorithm",
+    "AlgorithmInfo",
+    "AsyncClient",
+    "AuthenticationError",
+    "Batch",
+    "BatchResult",
+    "CallError",
+    "CheckResult",
+    "Client",
+    "FileHashes",
+    "HashCheckError",
+    "Hit",
+    "Info",
+    "InvalidHash",
+    "InvalidRequest",
+    "ListMatch",
+    "PermissionDenied",
+    "ProtocolError",
+    "RateLimited",
+    "ServerError",
+    "ServerUnavailable",
+    "TLSOptions",
+    "__version__",
+    "hash_file",
+    "infer_algorithm",
+    "pack_hashes",
+    "parse_hex",
+]

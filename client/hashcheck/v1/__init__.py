@@ -1,0 +1,1 @@
+"""Generated gRPC and protobuf code for the hashcheck.v1 API (see proto/)."""

@@ -1,0 +1,372 @@
+"""`hashcheck-server`: the operator's command line.
+
+    hashcheck-server serve  --data DIR --listen HOST:PORT [--metrics-port PORT]
+    hashcheck-server import --data DIR --list NAME [--algorithm ALG] [--format F] FILE|-
+    hashcheck-server lists  --data DIR
+    hashcheck-server show   --data DIR NAME
+    hashcheck-server retire --data DIR NAME
+    hashcheck-server remove --data DIR [--list NAME] [--algorithm ALG] HASH...|-
+    hashcheck-server demo   --data DIR --samples DIR
+
+The forms above are driven by scripts outside the project: keep them stable.
+Every command exits 0 on success and 2 with one clear message on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
+from hashcheck._progress import ProgressBar
+from hashcheck_server.errors import HashCheckError
+from hashcheck_server.formats import infer_format, read_hash_file
+from hashcheck_server.importer import prepare_entries
+from hashcheck_server.logs import configure_logging
+from hashcheck_server.server import ServerConfig
+from hashcheck_server.servicer import CheckPolicy
+from hashcheck_server.store import HashStore, ImportReport, ListSummary
+
+__all__ = ["main"]
+
+logger = logging.getLogger("hashcheck_server")
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        result: int = args.run(args)
+        return result
+    except HashCheckError as error:
+        print(f"hashcheck-server {args.command}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hashcheck-server",
+        description="Serve and manage the hash lists of a HashCheck hotline.",
+    )
+    parser.add_argument(
+        "--log-format", choices=("auto", "json", "text"), default="auto"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    _add_import(commands)
+    _add_lists(commands)
+    _add_show(commands)
+    _add_retire(commands)
+    _add_remove(commands)
+    _add_demo(commands)
+    return parser
+
+
+def _data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="the data directory")
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser("serve", help="answer checks over gRPC")
+    _data_argument(serve)
+    serve.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port and table",
+    )
+    serve.add_argument("--threads", type=int, default=16, help="gRPC handler threads")
+    serve.add_argument(
+        "--max-batch", type=int, default=1_000_000, help="hashes a request"
+    )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=1.0,
+        help="seconds between generation polls",
+    )
+    serve.add_argument(
+        "--grace", type=float, default=10.0, help="drain time on SIGTERM"
+    )
+    serve.add_argument(
+        "--reveal-counts",
+        action="store_true",
+        help="include table sizes in GetInfo (for operators' own deployments)",
+    )
+    serve.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from hashcheck_server.server import serve_until_signalled
+    from hashcheck_server.workers import supervise_workers
+
+    if args.workers < 1:
+        raise HashCheckError("--workers must be at least 1.")
+    config = ServerConfig(
+        data=args.data,
+        listen=args.listen,
+        metrics_port=args.metrics_port,
+        threads=args.threads,
+        reload_interval_seconds=args.reload_interval,
+        grace_seconds=args.grace,
+        policy=CheckPolicy(
+            max_batch_hashes=args.max_batch, reveal_counts=args.reveal_counts
+        ),
+    )
+    if args.workers == 1:
+        serve_until_signalled(config)
+    else:
+        # Fail here, once and clearly, rather than in every worker.
+        HashStore.open(args.data, readonly=True).close()
+        supervise_workers(config, args.workers, args.log_format, args.log_level)
+    return EXIT_OK
+
+
+def _add_import(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser("import", help="put the hashes of a file on a list")
+    _data_argument(command)
+    command.add_argument(
+        "--list", required=True, dest="list_name", help="the list's name"
+    )
+    command.add_argument(
+        "--algorithm", type=Algorithm.from_name, help="md5, sha1 or sha256"
+    )
+    command.add_argument(
+        "--format", choices=("text", "csv", "vics"), help="default: by name"
+    )
+    command.add_argument(
+        "--category", default="", help="category of records that give none"
+    )
+    command.add_argument("--hash-column", help="CSV: the column holding the hash")
+    command.add_argument(
+        "--category-column", help="CSV: the column holding the category"
+    )
+    command.add_argument("--source", default="", help="where the list comes from")
+    command.add_argument("--description", default="")
+    command.add_argument(
+        "--replace", action="store_true", help="the list becomes exactly this file"
+    )
+    command.add_argument("file", help="the file to import, or - for standard input")
+    command.set_defaults(run=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    source: str | Path = "-" if args.file == "-" else Path(args.file)
+    file_format = args.format or infer_format(str(args.file))
+    progress = ProgressBar(total=_size_of(source), unit="B", label="reading")
+    try:
+        parsed = read_hash_file(
+            source,
+            format=file_format,
+            algorithm=args.algorithm,
+            hash_column=args.hash_column,
+            category_column=args.category_column,
+            progress=progress.update,
+        )
+    except ValueError as error:
+        # The readers say ValueError for options that do not fit the format.
+        raise HashCheckError(str(error)) from error
+    finally:
+        progress.close()
+
+    prepared = prepare_entries(parsed, args.category)
+    with HashStore.open(args.data, create=True) as store:
+        report = store.import_entries(
+            args.list_name,
+            prepared.entries,
+            source=args.source,
+            description=args.description,
+            replace=args.replace,
+        )
+    _print_import_report(report, parsed.records, prepared.dropped_empty_file)
+    return EXIT_OK
+
+
+def _size_of(source: str | Path) -> int | None:
+    """The file's size for the progress bar; None for standard input."""
+    if source == "-":
+        return None
+    try:
+        return Path(source).stat().st_size
+    except OSError as error:
+        raise HashCheckError(f"Cannot read {source}: {error.strerror}.") from None
+
+
+def _print_import_report(
+    report: ImportReport, records: int, dropped: dict[Algorithm, int]
+) -> None:
+    print(
+        f"list {report.list_name}: generation {report.generation}, "
+        f"{records} records read"
+    )
+    for algorithm, part in report.algorithms.items():
+        empty = dropped.get(algorithm, 0)
+        print(
+            f"  {algorithm.value}: {part.added} added, {part.updated} updated, "
+            f"{part.unchanged} unchanged, {part.removed} removed, "
+            f"{empty} empty-file hash(es) dropped; table holds {part.table_hashes}"
+        )
+    print(f"  took {report.seconds:.1f} s")
+
+
+def _add_lists(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser("lists", help="show every list with its counts")
+    _data_argument(command)
+    command.add_argument("--json", action="store_true", help="one JSON object a line")
+    command.set_defaults(run=_run_lists)
+
+
+def _run_lists(args: argparse.Namespace) -> int:
+    with HashStore.open(args.data, readonly=True) as store:
+        generation = store.generation()
+        summaries = store.lists()
+    if args.json:
+        for summary in summaries:
+            print(json.dumps(_summary_json(summary)))
+        return EXIT_OK
+
+    print(f"generation {generation.number}: {generation.change}")
+    for summary in summaries:
+        print(f"{summary.record.name}\t{summary.total} hashes\t{summary.record.source}")
+    return EXIT_OK
+
+
+def _add_show(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser("show", help="one list's metadata and counts")
+    _data_argument(command)
+    command.add_argument("name")
+    command.set_defaults(run=_run_show)
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    with HashStore.open(args.data, readonly=True) as store:
+        summary = store.list_summary(args.name)
+    print(json.dumps(_summary_json(summary), indent=2))
+    return EXIT_OK
+
+
+def _summary_json(summary: ListSummary) -> dict[str, object]:
+    record = summary.record
+    return {
+        "name": record.name,
+        "source": record.source,
+        "description": record.description,
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+        "hashes": summary.total,
+        "by_algorithm": {
+            algorithm.value: by_category
+            for algorithm, by_category in summary.counts.items()
+        },
+    }
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _add_retire(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser("retire", help="delete a whole list")
+    _data_argument(command)
+    command.add_argument("name")
+    command.set_defaults(run=_run_retire)
+
+
+def _run_retire(args: argparse.Namespace) -> int:
+    with HashStore.open(args.data) as store:
+        held, generation = store.retire_list(args.name)
+    print(f"retired {args.name} ({held} hashes): generation {generation}")
+    return EXIT_OK
+
+
+def _add_remove(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "remove", help="take hashes off one list or all lists"
+    )
+    _data_argument(command)
+    command.add_argument("--list", dest="list_name", help="default: every list")
+    command.add_argument(
+        "--algorithm", type=Algorithm.from_name, help="default: by length"
+    )
+    command.add_argument(
+        "hashes", nargs="+", metavar="HASH", help="hex hashes, or - for stdin"
+    )
+    command.set_defaults(run=_run_remove)
+
+
+def _run_remove(args: argparse.Namespace) -> int:
+    tokens = _hash_tokens(args.hashes)
+    grouped = _group_hex(tokens, args.algorithm)
+    with HashStore.open(args.data) as store:
+        for algorithm, hashes in grouped.items():
+            removed, generation = store.remove_hashes(
+                algorithm, hashes, list_name=args.list_name
+            )
+            scope = args.list_name or "every list"
+            print(
+                f"{algorithm.value}: removed {removed} of {hashes.shape[0]} "
+                f"from {scope}: "
+                f"generation {generation}"
+            )
+    return EXIT_OK
+
+
+def _hash_tokens(arguments: list[str]) -> list[str]:
+    if arguments == ["-"]:
+        return sys.stdin.read().split()
+    return arguments
+
+
+def _group_hex(
+    tokens: list[str], algorithm: Algorithm | None
+) -> dict[Algorithm, np.ndarray]:
+    """Raw hashes by algorithm; a token that is not a hash is an error."""
+    grouped: dict[Algorithm, list[bytes]] = {}
+    for number, token in enumerate(tokens, start=1):
+        try:
+            chosen = algorithm or infer_algorithm(token)
+            grouped.setdefault(chosen, []).append(parse_hex(token, chosen))
+        except ValueError as error:
+            raise HashCheckError(f"hash {number}: {error}") from None
+    return {
+        chosen: np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(-1, chosen.width)
+        for chosen, raw in grouped.items()
+    }
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "demo", help="build a demo store of synthetic hashes and harmless sample files"
+    )
+    _data_argument(command)
+    command.add_argument(
+        "--samples", required=True, type=Path, help="where to write samples"
+    )
+    command.add_argument(
+        "--hashes", type=int, default=1_400_000, help="synthetic list size"
+    )
+    command.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from hashcheck_server.demo import build_demo
+
+    summary = build_demo(args.data, args.samples, synthetic_hashes=args.hashes)
+    print(summary)
+    return EXIT_OK

@@ -1,0 +1,91 @@
+"""The errors of the HashCheck server, as one small tree.
+
+    HashCheckError                  base of everything raised on purpose
+    ├── BadRequest                  the caller sent something wrong (INVALID_ARGUMENT)
+    ├── NotReady                    no generation is loaded yet (UNAVAILABLE)
+    ├── ImportRejected              an import file cannot be used; nothing was committed
+    │   └── MalformedInput          lines that cannot be read, each with its reason
+    └── StoreError                  the data directory cannot be used
+        ├── StoreFull               the disk or LMDB map is full (RESOURCE_EXHAUSTED)
+        ├── StoreCorrupt            the directory is not a HashCheck store, or damaged
+        └── UnknownList             a list name that the store does not hold
+
+Messages are whole sentences that say what to do next. They never contain a
+hash that a client sent, nor anything of the lists beyond what the caller named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BadRequest",
+    "HashCheckError",
+    "ImportRejected",
+    "MalformedInput",
+    "NotReady",
+    "Problem",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "UnknownList",
+]
+
+
+class HashCheckError(Exception):
+    """Base class of the errors HashCheck raises on purpose."""
+
+
+class BadRequest(HashCheckError):
+    """A request that can never succeed as sent: wrong width, unknown algorithm."""
+
+
+class NotReady(HashCheckError):
+    """The server has no generation loaded yet; the caller should retry."""
+
+
+class ImportRejected(HashCheckError):
+    """An import that cannot be used as given. Nothing of it was committed."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One unreadable record of an import file."""
+
+    source: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+
+class MalformedInput(ImportRejected):
+    """Unreadable records of an import file, each with file, line and reason."""
+
+    def __init__(self, problems: list[Problem], total: int | None = None) -> None:
+        self.problems = problems
+        self.total = len(problems) if total is None else total
+        shown = "\n".join(f"  {problem}" for problem in problems)
+        more = self.total - len(problems)
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{self.total} malformed record(s); nothing was imported. "
+            f"Fix them and import again:\n{shown}{tail}"
+        )
+
+
+class StoreError(HashCheckError):
+    """The data directory cannot be used as a HashCheck store."""
+
+
+class StoreFull(StoreError):
+    """The disk or the store's map size is exhausted; the change was rolled back."""
+
+
+class StoreCorrupt(StoreError):
+    """The data directory is not a HashCheck store, or is damaged."""
+
+
+class UnknownList(StoreError):
+    """A list name that the store does not hold."""

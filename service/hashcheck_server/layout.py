@@ -1,0 +1,289 @@
+"""The on-disk layout of a HashCheck data directory: one LMDB environment.
+
+Named databases and their records:
+
+- ``meta``
+    ``format``       b"hashcheck-store/1"; a directory without it is refused.
+    ``generation``   JSON {"number", "committed_at", "change"}: the generation
+                     that the rest of this snapshot is. Every write transaction
+                     that changes lists or tables increments it.
+- ``tables``, per algorithm (``md5``, ``sha1``, ``sha256``):
+    ``<alg>/header``     JSON {"count", "width", "filter_bits", "directory_bits"}
+    ``<alg>/rows``       count * width bytes: the sorted unique hashes
+    ``<alg>/filter``     2**filter_bits / 8 bytes (see hashcheck_server.table)
+    ``<alg>/directory``  (2**directory_bits + 1) little-endian uint32
+- ``members``: ``<alg> NUL <list> NUL <category>`` -> a serialized roaring
+  bitmap of the rows of <alg>'s table that <list> grades <category>.
+- ``lists``: ``<list>`` -> JSON {"name", "source", "description",
+  "created_at", "updated_at"}.
+
+Large values are stored whole, so LMDB keeps each in contiguous overflow pages
+and a read transaction can hand out a view of it without copying. Everything a
+generation consists of lives in the one environment, so one write transaction
+changes it atomically and a crash leaves the previous generation in place.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+from pyroaring import BitMap
+
+from hashcheck._algorithms import Algorithm
+from hashcheck_server.errors import StoreCorrupt, StoreError, StoreFull
+
+__all__ = [
+    "Environment",
+    "GenerationRecord",
+    "ListRecord",
+    "TableHeader",
+]
+
+FORMAT = b"hashcheck-store/1"
+
+#: Address space reserved for the map. LMDB only grows the file as it fills,
+#: so this bounds the store, not its disk use (1 TiB).
+DEFAULT_MAP_SIZE = 1 << 40
+
+_SEPARATOR = b"\x00"
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    number: int
+    committed_at: float
+    change: str
+
+
+@dataclass(frozen=True)
+class TableHeader:
+    count: int
+    width: int
+    filter_bits: int
+    directory_bits: int
+
+
+@dataclass(frozen=True)
+class ListRecord:
+    name: str
+    source: str
+    description: str
+    created_at: float
+    updated_at: float
+
+
+class Environment:
+    """An open data directory: the LMDB environment and its named databases."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readonly: bool = False,
+        create: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
+    ) -> None:
+        self.path = Path(path)
+        self._check_directory(create)
+        try:
+            self.lmdb = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=8,
+                readonly=readonly,
+                create=create,
+                # Lookups jump around the tables; read-ahead would only fill
+                # the page cache with neighbours nobody asked for.
+                readahead=False,
+                max_readers=512,
+            )
+            self.meta = self._open_db(b"meta", readonly)
+            self.tables = self._open_db(b"tables", readonly)
+            self.members = self._open_db(b"members", readonly)
+            self.lists = self._open_db(b"lists", readonly)
+            self._check_format(create and not readonly)
+        except lmdb.Error as error:
+            raise translate_lmdb_error(error, self.path) from error
+
+    def _check_directory(self, create: bool) -> None:
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        if not self.path.is_dir():
+            raise StoreError(
+                f"{self.path} is not a HashCheck data directory. Create one with "
+                "`hashcheck-server import --data DIR ...` or point --data at an "
+                "existing one."
+            )
+        if not create and not (self.path / "data.mdb").exists():
+            raise StoreError(
+                f"{self.path} holds no HashCheck store yet (no data.mdb). Import a "
+                "list into it first: "
+                "hashcheck-server import --data DIR --list NAME FILE"
+            )
+
+    def _open_db(self, name: bytes, readonly: bool) -> Any:
+        return self.lmdb.open_db(name, create=not readonly)
+
+    def _check_format(self, initialize: bool) -> None:
+        with self.lmdb.begin(write=initialize) as transaction:
+            found = transaction.get(b"format", db=self.meta)
+            if found is None and initialize:
+                transaction.put(b"format", FORMAT, db=self.meta)
+                write_generation_record(self, transaction, 0, "created")
+                return
+        if found != FORMAT:
+            raise StoreCorrupt(
+                f"{self.path} is an LMDB environment but not a HashCheck store "
+                f"(format {found!r}, expected {FORMAT!r}). Point --data at a "
+                "HashCheck data directory."
+            )
+
+    def read(self) -> Any:
+        """A read transaction whose values are views of the map (zero-copy)."""
+        return self.lmdb.begin(buffers=True)
+
+    def write(self) -> Any:
+        """The write transaction; LMDB lets one exist at a time, across processes."""
+        return self.lmdb.begin(write=True, buffers=True)
+
+    def close(self) -> None:
+        self.lmdb.close()
+
+
+def translate_lmdb_error(error: Exception, path: Path) -> StoreError:
+    """The most specific store error for an LMDB failure."""
+    if isinstance(error, lmdb.MapFullError):
+        return StoreFull(
+            f"The store at {path} reached its map size; nothing was changed. "
+            "Start with a larger --map-size."
+        )
+    if (
+        isinstance(error, lmdb.DiskError)
+        or getattr(error, "errno", None) == errno.ENOSPC
+    ):
+        return StoreFull(
+            f"The disk holding {path} is full; nothing was changed and the "
+            "previous generation is still served. Free space and try again."
+        )
+    if isinstance(
+        error, lmdb.InvalidError | lmdb.VersionMismatchError | lmdb.CorruptedError
+    ):
+        return StoreCorrupt(
+            f"{path} does not hold a readable HashCheck store ({error}). Restore "
+            "it from a snapshot or point --data at another directory."
+        )
+    return StoreError(f"The store at {path} failed: {error}")
+
+
+def rows_key(algorithm: Algorithm) -> bytes:
+    return f"{algorithm.value}/rows".encode()
+
+
+def filter_key(algorithm: Algorithm) -> bytes:
+    return f"{algorithm.value}/filter".encode()
+
+
+def directory_key(algorithm: Algorithm) -> bytes:
+    return f"{algorithm.value}/directory".encode()
+
+
+def header_key(algorithm: Algorithm) -> bytes:
+    return f"{algorithm.value}/header".encode()
+
+
+def membership_key(algorithm: Algorithm, list_name: str, category: str) -> bytes:
+    return _SEPARATOR.join(
+        (algorithm.value.encode(), list_name.encode(), category.encode())
+    )
+
+
+def read_generation_record(
+    environment: Environment, transaction: Any
+) -> GenerationRecord:
+    raw = transaction.get(b"generation", db=environment.meta)
+    if raw is None:
+        raise StoreCorrupt(f"{environment.path} has no generation record.")
+    return GenerationRecord(**json.loads(bytes(raw)))
+
+
+def write_generation_record(
+    environment: Environment, transaction: Any, number: int, change: str
+) -> GenerationRecord:
+    record = GenerationRecord(number, time.time(), change)
+    transaction.put(
+        b"generation", json.dumps(asdict(record)).encode(), db=environment.meta
+    )
+    return record
+
+
+def stored_algorithms(environment: Environment, transaction: Any) -> list[Algorithm]:
+    return [
+        algorithm
+        for algorithm in Algorithm
+        if transaction.get(header_key(algorithm), db=environment.tables) is not None
+    ]
+
+
+def read_table_header(
+    environment: Environment, transaction: Any, algorithm: Algorithm
+) -> TableHeader:
+    raw = transaction.get(header_key(algorithm), db=environment.tables)
+    if raw is None:
+        raise StoreCorrupt(f"{environment.path} has no {algorithm.value} table header.")
+    return TableHeader(**json.loads(bytes(raw)))
+
+
+def write_table_header(
+    environment: Environment,
+    transaction: Any,
+    algorithm: Algorithm,
+    header: TableHeader,
+) -> None:
+    transaction.put(
+        header_key(algorithm),
+        json.dumps(asdict(header)).encode(),
+        db=environment.tables,
+    )
+
+
+def read_memberships(
+    environment: Environment, transaction: Any, algorithm: Algorithm
+) -> Iterator[tuple[str, str, BitMap]]:
+    """(list, category, rows) for every membership bitmap of the algorithm."""
+    prefix = algorithm.value.encode() + _SEPARATOR
+    cursor = transaction.cursor(db=environment.members)
+    if not cursor.set_range(prefix):
+        return
+    for key, value in cursor:
+        key = bytes(key)
+        if not key.startswith(prefix):
+            break
+        _, list_name, category = key.split(_SEPARATOR, 2)
+        yield list_name.decode(), category.decode(), BitMap.deserialize(bytes(value))
+
+
+def read_list_records(environment: Environment, transaction: Any) -> list[ListRecord]:
+    cursor = transaction.cursor(db=environment.lists)
+    return [ListRecord(**json.loads(bytes(value))) for _, value in cursor]
+
+
+def read_list_record(
+    environment: Environment, transaction: Any, name: str
+) -> ListRecord | None:
+    raw = transaction.get(name.encode(), db=environment.lists)
+    return None if raw is None else ListRecord(**json.loads(bytes(raw)))
+
+
+def write_list_record(
+    environment: Environment, transaction: Any, record: ListRecord
+) -> None:
+    transaction.put(
+        record.name.encode(), json.dumps(asdict(record)).encode(), db=environment.lists
+    )

@@ -1,0 +1,210 @@
+"""The lookup: which hashes of a packed batch are rows of a sorted table.
+
+A batch is N hashes of W bytes in one bytes object, as it arrives on the wire.
+The lookup never makes a Python object per hash: every step below is one numpy
+operation over the whole batch, or over the few hashes still in question.
+
+1. Filter. Read each hash's leading F bits and test that bit of the table's
+   filter. Hashes whose bit is clear are misses; at the filter's density that
+   is some nine in ten random hashes, decided with one random byte read each.
+2. Window. For the survivors, read the directory bucket of their leading D
+   bits and compare their 8-byte prefix with the first few rows of the bucket
+   at once (a 2-D gather, mostly within one cache line).
+3. Long buckets. Hashes whose bucket is longer than the window (rare, unless a
+   list holds many hashes that share a prefix) are found by a vectorised
+   binary search over whole hashes within their bucket.
+4. Verify. A prefix match is confirmed by comparing all W bytes, so hashes
+   that share 8 or more leading bytes are still told apart exactly.
+
+The result is exact for any input: duplicates in the batch, shared prefixes,
+an empty batch, a batch of nothing but hits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hashcheck_server.table import TableIndex
+
+__all__ = ["Matches", "SortedTable"]
+
+#: How many rows of a bucket step 2 compares at once. Buckets average about
+#: five rows, and a window of eight covers some 95% of them.
+_WINDOW = 8
+
+_EMPTY_POSITIONS = np.empty(0, dtype=np.intp)
+
+
+@dataclass(frozen=True)
+class Matches:
+    """The hashes of a batch found in the table.
+
+    `positions` are indices into the batch, ascending; `rows` are the table
+    rows they equal, in the same order.
+    """
+
+    positions: npt.NDArray[np.intp]
+    rows: npt.NDArray[np.intp]
+
+    @classmethod
+    def none(cls) -> Matches:
+        return cls(_EMPTY_POSITIONS, _EMPTY_POSITIONS)
+
+
+class SortedTable:
+    """A sorted, unique table of fixed-width hashes and its index, read-only.
+
+    The arrays may be views of LMDB's memory map: nothing here copies them or
+    writes to them, and the caller keeps the map alive while this object is
+    in use.
+    """
+
+    def __init__(
+        self, rows: npt.NDArray[np.uint8], index: TableIndex, width: int
+    ) -> None:
+        self.width = width
+        self.count = rows.shape[0] if rows.size else 0
+        self._rows = rows.reshape(self.count, width)
+        self._filter = index.filter
+        self._filter_shift = np.uint32(32 - index.filter_bits)
+        self._directory = index.directory
+        self._directory_shift = np.uint32(32 - index.directory_bits)
+        self._prefixes = _strided_words(self._rows, "<u8")
+
+    def find(self, batch: bytes | memoryview) -> Matches:
+        """The batch's hashes that are rows of this table (see the module doc).
+
+        `batch` holds whole hashes only; the caller checks its length.
+        """
+        hashes = np.frombuffer(batch, dtype=np.uint8).reshape(-1, self.width)
+        if hashes.shape[0] == 0 or self.count == 0:
+            return Matches.none()
+
+        leading = _strided_words(hashes, ">u4").astype(np.uint32)
+        candidates = self._pass_filter(leading)
+        if candidates.size == 0:
+            return Matches.none()
+
+        buckets = leading[candidates] >> self._directory_shift
+        starts = self._directory[buckets].astype(np.intp)
+        lengths = self._directory[buckets + 1].astype(np.intp) - starts
+
+        pairs = self._match_windows(hashes, candidates, starts, lengths)
+        long_buckets = np.flatnonzero(lengths > _WINDOW)
+        if long_buckets.size:
+            pairs.append(
+                self._search_long_buckets(
+                    hashes,
+                    candidates[long_buckets],
+                    starts[long_buckets],
+                    lengths[long_buckets],
+                )
+            )
+        return self._verify(hashes, pairs)
+
+    def _pass_filter(self, leading: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
+        """Positions whose leading bits are set in the filter."""
+        bit_numbers = leading >> self._filter_shift
+        filter_bytes = self._filter[bit_numbers >> np.uint32(3)]
+        bits = (filter_bytes >> (bit_numbers & np.uint32(7)).astype(np.uint8)) & 1
+        return np.flatnonzero(bits)
+
+    def _match_windows(
+        self,
+        hashes: npt.NDArray[np.uint8],
+        candidates: npt.NDArray[np.intp],
+        starts: npt.NDArray[np.intp],
+        lengths: npt.NDArray[np.intp],
+    ) -> list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]:
+        """(position, row) pairs whose 8-byte prefixes agree, in window reach."""
+        offsets = np.arange(_WINDOW, dtype=np.intp)
+        window_rows = starts[:, None] + offsets
+        # Rows past the table's end are masked by `lengths` below; clamp them
+        # only so that the gather stays in bounds.
+        np.minimum(window_rows, self.count - 1, out=window_rows)
+
+        query_prefixes = _strided_words(hashes, "<u8")[candidates]
+        agree = self._prefixes[window_rows] == query_prefixes[:, None]
+        agree &= offsets < lengths[:, None]
+        which, offset = np.nonzero(agree)
+        return [(candidates[which], window_rows[which, offset])]
+
+    def _search_long_buckets(
+        self,
+        hashes: npt.NDArray[np.uint8],
+        positions: npt.NDArray[np.intp],
+        starts: npt.NDArray[np.intp],
+        lengths: npt.NDArray[np.intp],
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Binary search over whole hashes, for buckets longer than the window.
+
+        Finds, for each position, the first row of its bucket not below the
+        hash; _verify then keeps the pairs that are equal.
+        """
+        low = starts.copy()
+        high = starts + lengths
+        queries = hashes[positions]
+        while True:
+            open_ = low < high
+            if not open_.any():
+                break
+            middle = (low + high) // 2
+            below = _is_row_below(
+                self._rows[np.minimum(middle, self.count - 1)], queries
+            )
+            below &= open_
+            low = np.where(below, middle + 1, low)
+            high = np.where(open_ & ~below, middle, high)
+
+        inside = low < starts + lengths
+        return positions[inside], low[inside]
+
+    def _verify(
+        self,
+        hashes: npt.NDArray[np.uint8],
+        pairs: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]],
+    ) -> Matches:
+        """Keep pairs whose whole hashes are equal, ordered by position."""
+        positions = np.concatenate([position for position, _ in pairs])
+        rows = np.concatenate([row for _, row in pairs])
+        if positions.size == 0:
+            return Matches.none()
+
+        equal = np.all(self._rows[rows] == hashes[positions], axis=1)
+        positions, rows = positions[equal], rows[equal]
+        # A position can be found by both the window and the long-bucket
+        # search; the table is unique, so both found the same row.
+        positions, first = np.unique(positions, return_index=True)
+        return Matches(positions, rows[first])
+
+
+def _strided_words(rows: npt.NDArray[np.uint8], dtype: str) -> npt.NDArray[np.generic]:
+    """A view of the first bytes of each row as one number of `dtype`.
+
+    Equality does not care about byte order, so the prefix compare uses the
+    native order and costs no byte swap; the leading bits need big-endian.
+    """
+    return np.ndarray(
+        (rows.shape[0],),
+        dtype=np.dtype(dtype),
+        buffer=rows.data
+        if rows.flags.c_contiguous
+        else np.ascontiguousarray(rows).data,
+        strides=(rows.shape[1],),
+    )
+
+
+def _is_row_below(
+    table_rows: npt.NDArray[np.uint8], queries: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.bool_]:
+    """Row-wise bytewise comparison: is each table row less than its query?"""
+    differs = table_rows != queries
+    first_difference = np.argmax(differs, axis=1)
+    picked = np.arange(len(queries))
+    is_below: npt.NDArray[np.bool_] = differs[picked, first_difference] & (
+        table_rows[picked, first_difference] < queries[picked, first_difference]
+    )
+    return is_below

@@ -1,0 +1,197 @@
+"""Building and running one server process: gRPC, health, reflection, metrics.
+
+Lifecycle of `serve`:
+
+1. open the data directory and map the committed generation (a clear error
+   and exit if the directory is not a HashCheck store);
+2. start the gRPC server with health NOT_SERVING, then flip it to SERVING
+   once the generation is mapped and the port is bound;
+3. watch for new generations and switch to them while serving;
+4. on SIGTERM or SIGINT: health NOT_SERVING, refuse new calls, let the calls
+   in flight finish within the grace period, then close the store and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
+from hashcheck_server import layout
+from hashcheck_server.generation import Generation
+from hashcheck_server.metrics import ServerMetrics
+from hashcheck_server.servicer import SERVED_ALGORITHMS, CheckPolicy, HashCheckServicer
+from hashcheck_server.serving import GenerationKeeper
+
+__all__ = ["RunningServer", "ServerConfig", "start_server"]
+
+logger = logging.getLogger(__name__)
+
+_SERVICE_NAME = hashcheck_pb2.DESCRIPTOR.services_by_name["HashCheck"].full_name
+
+#: Room for the protobuf framing around the largest batch.
+_MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How one server process runs."""
+
+    data: Path
+    listen: str = "127.0.0.1:50051"
+    metrics_port: int | None = None
+    threads: int = 16
+    reload_interval_seconds: float = 1.0
+    grace_seconds: float = 10.0
+    #: Let other processes bind the same port (the workers of one machine).
+    #: Off for a single process, so that a port already taken is an error.
+    reuse_port: bool = False
+    policy: CheckPolicy = field(default_factory=CheckPolicy)
+
+
+class RunningServer:
+    """A started server: its port, and how to stop it."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        keeper: GenerationKeeper,
+        environment: layout.Environment,
+        health_servicer: health.HealthServicer,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.port = port
+        self.registry = registry
+        #: The open data directory. LMDB allows one environment per path and
+        #: process, so code in the same process must change lists through it.
+        self.environment = environment
+        self._server = server
+        self._keeper = keeper
+        self._environment = environment
+        self._health = health_servicer
+        self._stopped = threading.Event()
+
+    def wait(self) -> None:
+        """Block until stop() has finished."""
+        self._stopped.wait()
+
+    def stop(self, grace_seconds: float | None = 10.0) -> None:
+        """Drain: refuse new calls, finish those in flight, then close the store."""
+        if self._stopped.is_set():
+            return
+        logger.info(
+            "draining: refusing new calls, %s s for calls in flight", grace_seconds
+        )
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace_seconds).wait()
+        self._keeper.stop()
+        self._environment.close()
+        logger.info("stopped")
+        self._stopped.set()
+
+
+def start_server(
+    config: ServerConfig, registry: CollectorRegistry | None = None
+) -> RunningServer:
+    """Open the store, map its generation and start answering on config.listen."""
+    registry = registry or CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    environment = layout.Environment(config.data)
+    keeper = GenerationKeeper(
+        environment, on_switch=lambda g: _record_switch(metrics, g)
+    )
+
+    server = _grpc_server(config)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    hashcheck_pb2_grpc.add_HashCheckServicer_to_server(
+        HashCheckServicer(keeper, metrics, config.policy), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(
+            f"Cannot listen on {config.listen}: the address is taken or invalid."
+        )
+    server.start()
+
+    keeper.load_current()
+    keeper.start_watching(config.reload_interval_seconds)
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    if config.metrics_port is not None:
+        start_http_server(
+            config.metrics_port, addr=_host_of(config.listen), registry=registry
+        )
+    logger.info(
+        "listening on %s (port %d), data %s, metrics %s",
+        config.listen,
+        port,
+        config.data,
+        config.metrics_port or "off",
+    )
+    return RunningServer(server, port, keeper, environment, health_servicer, registry)
+
+
+def serve_until_signalled(config: ServerConfig) -> None:
+    """Run a server in the foreground until SIGTERM or SIGINT, then drain."""
+    running = start_server(config)
+
+    def drain(signum: int, _: FrameType | None) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        threading.Thread(
+            target=running.stop, args=(config.grace_seconds,), name="drain"
+        ).start()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    running.wait()
+
+
+def _grpc_server(config: ServerConfig) -> grpc.Server:
+    largest_message = (
+        config.policy.max_batch_hashes * max(a.width for a in SERVED_ALGORITHMS)
+        + _MESSAGE_OVERHEAD_BYTES
+    )
+    options = [
+        ("grpc.max_receive_message_length", largest_message),
+        ("grpc.max_send_message_length", largest_message),
+        ("grpc.so_reuseport", int(config.reuse_port)),
+    ]
+    return grpc.server(
+        ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
+        options=options,
+    )
+
+
+def _set_health(servicer: health.HealthServicer, status: int) -> None:
+    servicer.set("", status)
+    servicer.set(_SERVICE_NAME, status)
+
+
+def _record_switch(metrics: ServerMetrics, generation: Generation) -> None:
+    metrics.generation.set(generation.number)
+    metrics.generation_committed.set(generation.committed_at)
+    for algorithm in generation.algorithms:
+        metrics.table_hashes.labels(algorithm.value).set(
+            generation.hash_count(algorithm)
+        )
+
+
+def _host_of(listen: str) -> str:
+    host = listen.rsplit(":", 1)[0]
+    return host.strip("[]") or "0.0.0.0"

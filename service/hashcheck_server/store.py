@@ -1,0 +1,613 @@
+"""Changes to the hash lists: import, remove, retire. Each is one generation.
+
+Every operation here runs in a single LMDB write transaction that ends by
+incrementing the generation record (hashcheck_server.layout). Either all of a
+change is committed or none of it: an import that fails half-way, a full disk
+or a killed process leaves the previous generation exactly as it was, and
+servers keep answering from it.
+
+How an import changes a table (one algorithm at a time):
+
+1. The imported hashes are sorted and deduplicated; of repeated records the
+   last one's category wins.
+2. Hashes already in the table keep their rows; new ones are appended after
+   the old rows, so the membership bitmaps stay valid in this combined space.
+3. The list's bitmaps are updated: each imported row moves to its category.
+4. Rows on no list any more are dropped, the rest re-sorted, and every bitmap
+   of the algorithm renumbered to the final rows. The filter and directory are
+   rebuilt from the final rows.
+
+Removing hashes and retiring lists only clear bits: the table keeps the dead
+rows (they never hit) until the next import of that algorithm compacts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+import numpy.typing as npt
+from pyroaring import BitMap
+
+from hashcheck._algorithms import Algorithm
+from hashcheck_server import layout
+from hashcheck_server.errors import ImportRejected, UnknownList
+from hashcheck_server.lookup import SortedTable
+from hashcheck_server.table import TableIndex, build_index, sort_unique_rows
+
+__all__ = [
+    "Entries",
+    "HashStore",
+    "ImportReport",
+    "ListSummary",
+]
+
+logger = logging.getLogger(__name__)
+
+#: List names become LMDB keys (at most 511 bytes, with algorithm and category).
+MAX_NAME_BYTES = 200
+
+
+@dataclass(frozen=True)
+class Entries:
+    """Hashes of one algorithm to put on a list, each with its category.
+
+    `hashes` is (n, width) uint8; `categories[i]` indexes `category_names` for
+    hashes[i]. Repeats are allowed: the last record of a hash wins.
+    """
+
+    algorithm: Algorithm
+    hashes: npt.NDArray[np.uint8]
+    categories: npt.NDArray[np.int32]
+    category_names: tuple[str, ...]
+
+    @classmethod
+    def graded_alike(
+        cls, algorithm: Algorithm, hashes: npt.NDArray[np.uint8], category: str = ""
+    ) -> Entries:
+        """Entries that all share one category."""
+        codes = np.zeros(hashes.shape[0], dtype=np.int32)
+        return cls(algorithm, hashes, codes, (category,))
+
+
+@dataclass
+class AlgorithmReport:
+    """What an import did to one algorithm's part of a list."""
+
+    records: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    table_hashes: int = 0
+
+
+@dataclass
+class ImportReport:
+    """What an import did, per algorithm, and the generation it produced."""
+
+    list_name: str
+    generation: int = 0
+    seconds: float = 0.0
+    algorithms: dict[Algorithm, AlgorithmReport] = field(default_factory=dict)
+
+    def total(self, name: str) -> int:
+        return sum(getattr(report, name) for report in self.algorithms.values())
+
+
+@dataclass(frozen=True)
+class ListSummary:
+    """A list's metadata and how many hashes it holds per algorithm and category."""
+
+    record: layout.ListRecord
+    counts: dict[Algorithm, dict[str, int]]
+
+    @property
+    def total(self) -> int:
+        return sum(sum(by_category.values()) for by_category in self.counts.values())
+
+
+class HashStore:
+    """The write side of a data directory, for the operator's commands.
+
+        store = HashStore.open("data", create=True)
+        report = store.import_entries("police-2026-12", [entries], source="police")
+        store.close()
+
+    One process at a time writes (LMDB serializes write transactions); any
+    number of servers read meanwhile.
+    """
+
+    def __init__(self, environment: layout.Environment) -> None:
+        self.environment = environment
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        create: bool = False,
+        readonly: bool = False,
+        map_size: int = layout.DEFAULT_MAP_SIZE,
+    ) -> HashStore:
+        return cls(
+            layout.Environment(
+                path, create=create, readonly=readonly, map_size=map_size
+            )
+        )
+
+    def close(self) -> None:
+        self.environment.close()
+
+    def __enter__(self) -> HashStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def generation(self) -> layout.GenerationRecord:
+        with self.environment.read() as transaction:
+            return layout.read_generation_record(self.environment, transaction)
+
+    def import_entries(
+        self,
+        list_name: str,
+        entries: Iterable[Entries],
+        *,
+        source: str = "",
+        description: str = "",
+        replace: bool = False,
+    ) -> ImportReport:
+        """Put hashes on a list, creating it if new, as one generation.
+
+        With `replace`, the list afterwards holds exactly these entries;
+        otherwise they are added to what it held, and a hash already on the
+        list takes the category of the new record.
+        """
+        _check_list_name(list_name)
+        entries_by_algorithm = _group_by_algorithm(entries)
+        started = time.perf_counter()
+        report = ImportReport(list_name)
+
+        with self._changing() as transaction:
+            algorithms = set(entries_by_algorithm)
+            if replace:
+                algorithms |= set(
+                    layout.stored_algorithms(self.environment, transaction)
+                )
+            for algorithm in sorted(algorithms, key=lambda a: a.value):
+                report.algorithms[algorithm] = self._import_algorithm(
+                    transaction,
+                    list_name,
+                    entries_by_algorithm.get(algorithm),
+                    algorithm,
+                    replace,
+                )
+            self._touch_list(transaction, list_name, source, description)
+            change = f"import into {list_name}: +{report.total('added')}"
+            report.generation = self._commit_generation(transaction, change)
+
+        report.seconds = time.perf_counter() - started
+        logger.info(
+            "imported list %s: generation %d, %d added, %d updated, %d removed, "
+            "%d unchanged in %.1f s",
+            list_name,
+            report.generation,
+            report.total("added"),
+            report.total("updated"),
+            report.total("removed"),
+            report.total("unchanged"),
+            report.seconds,
+        )
+        return report
+
+    def remove_hashes(
+        self,
+        algorithm: Algorithm,
+        hashes: npt.NDArray[np.uint8],
+        *,
+        list_name: str | None = None,
+    ) -> tuple[int, int]:
+        """Take hashes off one list, or off every list; returns (removed, generation).
+
+        `removed` counts hashes that were on at least one of the lists named.
+        The hashes stop hitting once servers switch to the new generation.
+        """
+        with self._changing() as transaction:
+            if list_name is not None:
+                self._require_list(transaction, list_name)
+            found_rows = self._find_rows(transaction, algorithm, hashes)
+            removed = BitMap()
+            for key, (name, _, bitmap) in self._membership_items(
+                transaction, algorithm
+            ):
+                if list_name is not None and name != list_name:
+                    continue
+                dropped = bitmap & found_rows
+                if dropped:
+                    removed |= dropped
+                    self._put_bitmap(transaction, key, bitmap - dropped)
+            scope = list_name or "every list"
+            generation = self._commit_generation(
+                transaction, f"remove {len(removed)} {algorithm.value} from {scope}"
+            )
+        logger.info(
+            "removed %d %s hashes from %s: generation %d",
+            len(removed),
+            algorithm.value,
+            list_name or "every list",
+            generation,
+        )
+        return len(removed), generation
+
+    def retire_list(self, list_name: str) -> tuple[int, int]:
+        """Delete a list and its memberships; returns (hashes it held, generation)."""
+        with self._changing() as transaction:
+            self._require_list(transaction, list_name)
+            held = 0
+            for algorithm in layout.stored_algorithms(self.environment, transaction):
+                for key, (name, _, bitmap) in self._membership_items(
+                    transaction, algorithm
+                ):
+                    if name == list_name:
+                        held += len(bitmap)
+                        transaction.delete(key, db=self.environment.members)
+            transaction.delete(list_name.encode(), db=self.environment.lists)
+            generation = self._commit_generation(transaction, f"retire {list_name}")
+        logger.info(
+            "retired list %s (%d hashes): generation %d", list_name, held, generation
+        )
+        return held, generation
+
+    def lists(self) -> list[ListSummary]:
+        """Every list with its counts, by name."""
+        with self.environment.read() as transaction:
+            records = layout.read_list_records(self.environment, transaction)
+            counts = self._count_memberships(transaction)
+        return [
+            ListSummary(record, counts.get(record.name, {}))
+            for record in sorted(records, key=lambda r: r.name)
+        ]
+
+    def list_summary(self, list_name: str) -> ListSummary:
+        for summary in self.lists():
+            if summary.record.name == list_name:
+                return summary
+        raise UnknownList(
+            f"There is no list named {list_name!r}; see `hashcheck-server lists`."
+        )
+
+    def _changing(self) -> Any:
+        """A write transaction whose LMDB failures become store errors."""
+        return _TranslatedWrite(self.environment)
+
+    def _commit_generation(self, transaction: Any, change: str) -> int:
+        previous = layout.read_generation_record(self.environment, transaction)
+        record = layout.write_generation_record(
+            self.environment, transaction, previous.number + 1, change
+        )
+        return record.number
+
+    def _require_list(self, transaction: Any, list_name: str) -> None:
+        if layout.read_list_record(self.environment, transaction, list_name) is None:
+            raise UnknownList(
+                f"There is no list named {list_name!r}; see `hashcheck-server lists`."
+            )
+
+    def _touch_list(
+        self, transaction: Any, list_name: str, source: str, description: str
+    ) -> None:
+        now = time.time()
+        existing = layout.read_list_record(self.environment, transaction, list_name)
+        record = layout.ListRecord(
+            name=list_name,
+            source=source or (existing.source if existing else ""),
+            description=description or (existing.description if existing else ""),
+            created_at=existing.created_at if existing else now,
+            updated_at=now,
+        )
+        layout.write_list_record(self.environment, transaction, record)
+
+    def _import_algorithm(
+        self,
+        transaction: Any,
+        list_name: str,
+        entries: Entries | None,
+        algorithm: Algorithm,
+        replace: bool,
+    ) -> AlgorithmReport:
+        report = AlgorithmReport()
+        old_rows, old_table = self._read_table(transaction, algorithm)
+        memberships = dict(self._membership_items(transaction, algorithm))
+
+        if entries is not None:
+            unique, categories = _unique_entries(entries)
+            report.records = entries.hashes.shape[0]
+        else:
+            unique = np.empty((0, algorithm.width), dtype=np.uint8)
+            categories = []
+
+        combined_rows, combined_ids = _combine(old_rows, old_table, unique)
+        _apply_list_change(
+            memberships, algorithm, list_name, combined_ids, categories, replace, report
+        )
+        appended = combined_rows.shape[0] > old_rows.shape[0]
+        final_rows, renumber = _compact(combined_rows, memberships, appended)
+        self._write_table(transaction, algorithm, final_rows)
+        self._write_memberships(transaction, memberships, renumber)
+        report.table_hashes = final_rows.shape[0]
+        return report
+
+    def _read_table(
+        self, transaction: Any, algorithm: Algorithm
+    ) -> tuple[npt.NDArray[np.uint8], SortedTable | None]:
+        """The current rows (a view, valid until this transaction writes) and table."""
+        empty = np.empty((0, algorithm.width), dtype=np.uint8)
+        tables = self.environment.tables
+        raw_header = transaction.get(layout.header_key(algorithm), db=tables)
+        if raw_header is None:
+            return empty, None
+
+        header = layout.read_table_header(self.environment, transaction, algorithm)
+        rows = np.frombuffer(
+            transaction.get(layout.rows_key(algorithm), db=tables), dtype=np.uint8
+        ).reshape(-1, algorithm.width)
+        index = TableIndex(
+            header.filter_bits,
+            header.directory_bits,
+            np.frombuffer(
+                transaction.get(layout.filter_key(algorithm), db=tables), np.uint8
+            ),
+            np.frombuffer(
+                transaction.get(layout.directory_key(algorithm), db=tables), np.uint32
+            ),
+        )
+        return rows, SortedTable(rows, index, algorithm.width)
+
+    def _find_rows(
+        self, transaction: Any, algorithm: Algorithm, hashes: npt.NDArray[np.uint8]
+    ) -> BitMap:
+        _, table = self._read_table(transaction, algorithm)
+        if table is None or hashes.size == 0:
+            return BitMap()
+        matches = table.find(np.ascontiguousarray(hashes).tobytes())
+        return BitMap(matches.rows.astype(np.uint32))
+
+    def _membership_items(
+        self, transaction: Any, algorithm: Algorithm
+    ) -> list[tuple[bytes, tuple[str, str, BitMap]]]:
+        return [
+            (layout.membership_key(algorithm, name, category), (name, category, bitmap))
+            for name, category, bitmap in layout.read_memberships(
+                self.environment, transaction, algorithm
+            )
+        ]
+
+    def _count_memberships(
+        self, transaction: Any
+    ) -> dict[str, dict[Algorithm, dict[str, int]]]:
+        counts: dict[str, dict[Algorithm, dict[str, int]]] = {}
+        for algorithm in layout.stored_algorithms(self.environment, transaction):
+            for name, category, bitmap in layout.read_memberships(
+                self.environment, transaction, algorithm
+            ):
+                by_category = counts.setdefault(name, {}).setdefault(algorithm, {})
+                by_category[category] = len(bitmap)
+        return counts
+
+    def _write_table(
+        self, transaction: Any, algorithm: Algorithm, rows: npt.NDArray[np.uint8]
+    ) -> None:
+        index = build_index(rows)
+        tables = self.environment.tables
+        transaction.put(layout.rows_key(algorithm), rows.reshape(-1).data, db=tables)
+        transaction.put(
+            layout.filter_key(algorithm), index.filter.reshape(-1).data, db=tables
+        )
+        transaction.put(
+            layout.directory_key(algorithm),
+            index.directory.reshape(-1).data,
+            db=tables,
+        )
+        header = layout.TableHeader(
+            count=rows.shape[0],
+            width=algorithm.width,
+            filter_bits=index.filter_bits,
+            directory_bits=index.directory_bits,
+        )
+        layout.write_table_header(self.environment, transaction, algorithm, header)
+
+    def _write_memberships(
+        self,
+        transaction: Any,
+        memberships: dict[bytes, tuple[str, str, BitMap]],
+        renumber: npt.NDArray[np.intp] | None,
+    ) -> None:
+        for key, (_, _, bitmap) in memberships.items():
+            if renumber is not None and bitmap:
+                old = np.frombuffer(bitmap.to_array(), dtype=np.uint32)
+                bitmap = BitMap(renumber[old].astype(np.uint32))
+            self._put_bitmap(transaction, key, bitmap)
+
+    def _put_bitmap(self, transaction: Any, key: bytes, bitmap: BitMap) -> None:
+        if bitmap:
+            bitmap.run_optimize()
+            transaction.put(key, bitmap.serialize(), db=self.environment.members)
+        else:
+            transaction.delete(key, db=self.environment.members)
+
+
+class _TranslatedWrite:
+    """A write transaction that commits on success and maps LMDB errors."""
+
+    def __init__(self, environment: layout.Environment) -> None:
+        self._environment = environment
+        self._transaction: Any = None
+
+    def __enter__(self) -> Any:
+        try:
+            self._transaction = self._environment.write()
+        except lmdb.Error as error:
+            raise layout.translate_lmdb_error(error, self._environment.path) from error
+        return self._transaction
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, *_: object
+    ) -> None:
+        if error is not None:
+            self._transaction.abort()
+            if isinstance(error, lmdb.Error):
+                path = self._environment.path
+                raise layout.translate_lmdb_error(error, path) from error
+            return
+        try:
+            self._transaction.commit()
+        except lmdb.Error as failure:
+            path = self._environment.path
+            raise layout.translate_lmdb_error(failure, path) from failure
+
+
+def _check_list_name(list_name: str) -> None:
+    encoded = list_name.encode()
+    if not list_name or len(encoded) > MAX_NAME_BYTES or "\x00" in list_name:
+        raise ImportRejected(
+            f"{list_name!r} cannot name a list: use 1 to {MAX_NAME_BYTES} bytes "
+            "without NUL characters."
+        )
+
+
+def _group_by_algorithm(entries: Iterable[Entries]) -> dict[Algorithm, Entries]:
+    grouped: dict[Algorithm, list[Entries]] = {}
+    for item in entries:
+        if item.hashes.ndim != 2 or item.hashes.shape[1] != item.algorithm.width:
+            raise ImportRejected(
+                f"{item.algorithm.value} entries must be "
+                f"{item.algorithm.width} bytes wide."
+            )
+        grouped.setdefault(item.algorithm, []).append(item)
+    return {algorithm: _concatenate(parts) for algorithm, parts in grouped.items()}
+
+
+def _concatenate(parts: list[Entries]) -> Entries:
+    if len(parts) == 1:
+        return parts[0]
+    names: list[str] = []
+    codes = []
+    for part in parts:
+        mapping = np.array(
+            [_intern(names, name) for name in part.category_names], np.int32
+        )
+        codes.append(mapping[part.categories] if mapping.size else part.categories)
+    return Entries(
+        parts[0].algorithm,
+        np.concatenate([part.hashes for part in parts]),
+        np.concatenate(codes),
+        tuple(names),
+    )
+
+
+def _intern(names: list[str], name: str) -> int:
+    if name not in names:
+        names.append(name)
+    return names.index(name)
+
+
+def _unique_entries(
+    entries: Entries,
+) -> tuple[npt.NDArray[np.uint8], list[tuple[str, npt.NDArray[np.intp]]]]:
+    """Sorted unique hashes and, per category name, the indices graded so."""
+    unique, last_record = sort_unique_rows(entries.hashes)
+    codes = entries.categories[last_record]
+    by_category = [
+        (name, np.flatnonzero(codes == code))
+        for code, name in enumerate(entries.category_names)
+    ]
+    return unique, [(name, indices) for name, indices in by_category if indices.size]
+
+
+def _combine(
+    old_rows: npt.NDArray[np.uint8],
+    old_table: SortedTable | None,
+    unique: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp]]:
+    """Old rows followed by the imported hashes not among them.
+
+    Returns the combined rows (a new array) and, for each imported hash, its
+    row in the combined space: its old row if it had one, else a new one.
+    """
+    old_count = old_rows.shape[0]
+    ids = np.full(unique.shape[0], -1, dtype=np.intp)
+    if old_table is not None and unique.shape[0]:
+        matches = old_table.find(unique.tobytes())
+        ids[matches.positions] = matches.rows
+    fresh = np.flatnonzero(ids < 0)
+    ids[fresh] = old_count + np.arange(fresh.size)
+    combined = np.concatenate([old_rows, unique[fresh]])
+    return combined, ids
+
+
+def _apply_list_change(
+    memberships: dict[bytes, tuple[str, str, BitMap]],
+    algorithm: Algorithm,
+    list_name: str,
+    combined_ids: npt.NDArray[np.intp],
+    categories: list[tuple[str, npt.NDArray[np.intp]]],
+    replace: bool,
+    report: AlgorithmReport,
+) -> None:
+    """Move each imported row into its category of the list (in place)."""
+    imported = BitMap(combined_ids.astype(np.uint32))
+    own = {key: item for key, item in memberships.items() if item[0] == list_name}
+    held_before = (
+        BitMap.union(*(bitmap for _, _, bitmap in own.values())) if own else BitMap()
+    )
+
+    for key, (name, category, bitmap) in own.items():
+        kept = bitmap & imported if replace else bitmap
+        memberships[key] = (name, category, kept - imported)
+
+    for category, indices in categories:
+        key = layout.membership_key(algorithm, list_name, category)
+        rows = BitMap(combined_ids[indices].astype(np.uint32))
+        before = own.get(key, (list_name, category, BitMap()))[2]
+        report.unchanged += len(rows & before)
+        current = memberships.get(key, (list_name, category, BitMap()))[2]
+        memberships[key] = (list_name, category, current | rows)
+
+    report.added = len(imported - held_before)
+    report.updated = len(imported & held_before) - report.unchanged
+    if replace:
+        report.removed = len(held_before - imported)
+
+
+def _compact(
+    combined_rows: npt.NDArray[np.uint8],
+    memberships: dict[bytes, tuple[str, str, BitMap]],
+    appended: bool,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp] | None]:
+    """Drop rows on no list and sort the rest.
+
+    Returns the final rows and the map from combined row to final row (None
+    when nothing moved, so bitmaps need no renumbering). The old rows are
+    sorted already, so without appended or dropped rows nothing moves.
+    """
+    live = (
+        BitMap.union(*(bitmap for _, _, bitmap in memberships.values()))
+        if memberships
+        else BitMap()
+    )
+    count = combined_rows.shape[0]
+    kept = np.frombuffer(live.to_array(), dtype=np.uint32).astype(np.intp)
+    if kept.size == count and not appended:
+        return combined_rows, None
+
+    rows, order = sort_unique_rows(combined_rows[kept])
+    renumber = np.full(count, -1, dtype=np.intp)
+    renumber[kept[order]] = np.arange(rows.shape[0])
+    return rows, renumber

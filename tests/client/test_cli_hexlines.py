@@ -1,0 +1,73 @@
+"""Reading hex lines in bulk: reads that cut lines, batch sizes, line numbers."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from hashcheck import Algorithm, InvalidHash
+from hashcheck._hexlines import read_hex_batches
+
+
+class _TrickleStream(io.RawIOBase):
+    """A stream whose reads return a few bytes at a time, as a slow pipe does."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = data
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        piece, self._data = self._data[: self._step], self._data[self._step :]
+        return piece
+
+
+def _hex_lines(count: int, width: int = 16) -> list[str]:
+    return [f"{number:0{2 * width}x}" for number in range(count)]
+
+
+@pytest.mark.parametrize(
+    "step", [1, 7, 33, 1 << 20], ids=lambda step: f"reads-of-{step}"
+)
+def test_read_hex_batches_joins_lines_cut_by_reads(step: int) -> None:
+    lines = _hex_lines(50)
+    data = ("\n".join(lines) + "\n").encode()
+
+    batches = list(read_hex_batches(_TrickleStream(data, step), None, 20))
+
+    assert [batch.count for batch in batches] == [20, 20, 10]
+    assert b"".join(batch.hashes for batch in batches) == bytes.fromhex("".join(lines))
+    assert {batch.algorithm for batch in batches} == {Algorithm.MD5}
+
+
+def test_read_hex_batches_last_line_without_newline() -> None:
+    data = "\n".join(_hex_lines(3, width=20)).encode()
+
+    batches = list(read_hex_batches(io.BytesIO(data), None, 10))
+
+    assert [(batch.algorithm, batch.count) for batch in batches] == [
+        (Algorithm.SHA1, 3)
+    ]
+
+
+def test_read_hex_batches_named_algorithm_checks_every_line() -> None:
+    data = "\n".join(_hex_lines(3, width=16)).encode()
+
+    with pytest.raises(InvalidHash, match="Line 1: .* sha256 hashes have 64"):
+        list(read_hex_batches(io.BytesIO(data), Algorithm.SHA256, 10))
+
+
+def test_read_hex_batches_counts_lines_across_reads() -> None:
+    lines = _hex_lines(40)
+    lines[36] = "g" * 32
+    data = ("\n".join(lines) + "\n").encode()
+
+    with pytest.raises(InvalidHash, match="Line 37: 'g{32}' is not a hex hash"):
+        list(read_hex_batches(_TrickleStream(data, 100), None, 10))
+
+
+def test_read_hex_batches_only_blank_lines_yield_nothing() -> None:
+    assert list(read_hex_batches(io.BytesIO(b"\n  \n\t\n"), None, 10)) == []

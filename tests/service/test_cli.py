@@ -1,0 +1,188 @@
+"""`hashcheck-server` as operators and outside scripts run it: a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic import random_hashes
+
+from hashcheck_server.store import HashStore
+
+SERVER_CLI = str(Path(sys.executable).parent / "hashcheck-server")
+
+
+def _run(*arguments: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SERVER_CLI, "--log-format", "text", *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _hex_file(path: Path, count: int, seed: int, width: int = 16) -> list[str]:
+    hexes = [row.tobytes().hex() for row in random_hashes(count, width, seed)]
+    path.write_text("\n".join(hexes) + "\n")
+    return hexes
+
+
+def test_import_text_then_lists_and_show(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    hashes = _hex_file(tmp_path / "police.txt", 1_000, seed=1)
+
+    imported = _run(
+        "import",
+        "--data",
+        str(data),
+        "--list",
+        "police",
+        "--algorithm",
+        "md5",
+        "--category",
+        "A1",
+        "--source",
+        "police",
+        str(tmp_path / "police.txt"),
+    )
+    listed = _run("lists", "--data", str(data), "--json")
+    shown = _run("show", "--data", str(data), "police")
+
+    assert imported.returncode == 0, imported.stderr
+    assert "1000 added" in imported.stdout
+    (summary,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (summary["name"], summary["hashes"], summary["source"]) == (
+        "police",
+        1_000,
+        "police",
+    )
+    assert json.loads(shown.stdout)["by_algorithm"] == {"md5": {"A1": 1_000}}
+    assert len(hashes) == 1_000
+
+
+def test_import_from_stdin_infers_algorithm(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    hexes = [row.tobytes().hex().upper() for row in random_hashes(10, 20, seed=2)]
+
+    result = _run(
+        "import", "--data", str(data), "--list", "l", "-", stdin="\n\n".join(hexes)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "sha1: 10 added" in result.stdout
+
+
+def test_import_malformed_line_commits_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    good = _hex_file(tmp_path / "good.txt", 5, seed=3)
+    _run(
+        "import",
+        "--data",
+        str(data),
+        "--list",
+        "police",
+        "--algorithm",
+        "md5",
+        str(tmp_path / "good.txt"),
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join([*good[:2], "not-a-hash", good[2][:-1]]) + "\n")
+
+    result = _run(
+        "import",
+        "--data",
+        str(data),
+        "--list",
+        "police",
+        "--algorithm",
+        "md5",
+        str(bad),
+    )
+
+    assert result.returncode == 2
+    assert f"{bad}:3:" in result.stderr and f"{bad}:4:" in result.stderr
+    assert "nothing was imported" in result.stderr
+    with HashStore.open(data, readonly=True) as store:
+        assert store.generation().number == 1
+
+
+def test_import_drops_empty_file_hash_and_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        "d41d8cd98f00b204e9800998ecf8427e\n" + random_hashes(1).tobytes().hex() + "\n"
+    )
+
+    result = _run(
+        "import", "--data", str(data), "--list", "l", "--algorithm", "md5", str(listing)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        "1 added" in result.stdout and "1 empty-file hash(es) dropped" in result.stdout
+    )
+
+
+def test_remove_and_retire(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    hexes = _hex_file(tmp_path / "police.txt", 20, seed=4)
+    _run(
+        "import", "--data", str(data), "--list", "police", str(tmp_path / "police.txt")
+    )
+
+    removed = _run(
+        "remove", "--data", str(data), "--list", "police", hexes[0], hexes[1]
+    )
+    from_stdin = _run("remove", "--data", str(data), "-", stdin="\n".join(hexes[2:5]))
+    retired = _run("retire", "--data", str(data), "police")
+
+    assert "removed 2 of 2 from police" in removed.stdout
+    assert "removed 3 of 3 from every list" in from_stdin.stdout
+    assert "retired police (15 hashes)" in retired.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        pytest.param(
+            ("retire", "--data", "{data}", "nope"), "no list named", id="unknown-list"
+        ),
+        pytest.param(("remove", "--data", "{data}", "abc"), "hash 1", id="bad-hash"),
+        pytest.param(
+            ("lists", "--data", "{missing}"),
+            "not a HashCheck data directory",
+            id="missing-dir",
+        ),
+        pytest.param(
+            ("import", "--data", "{data}", "--list", "x", "{missing}"),
+            "Cannot read",
+            id="missing-file",
+        ),
+    ],
+)
+def test_errors_exit_2_with_message(
+    tmp_path: Path, arguments: tuple[str, ...], fragment: str
+) -> None:
+    data = tmp_path / "data"
+    _hex_file(tmp_path / "l.txt", 3, seed=5)
+    _run("import", "--data", str(data), "--list", "l", str(tmp_path / "l.txt"))
+    filled = [a.format(data=data, missing=tmp_path / "missing") for a in arguments]
+
+    result = _run(*filled)
+
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "data.mdb").write_bytes(b"garbage" * 1000)
+
+    result = _run("serve", "--data", str(tmp_path), "--listen", "127.0.0.1:0")
+
+    assert result.returncode == 2
+    assert "HashCheck store" in result.stderr

@@ -1,0 +1,125 @@
+"""The lookup against a plain Python set, on random and adversarial tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hashcheck_server.lookup import SortedTable
+from hashcheck_server.table import build_index, sort_unique_rows
+
+WIDTHS = [
+    pytest.param(16, id="md5"),
+    pytest.param(20, id="sha1"),
+    pytest.param(32, id="sha256"),
+]
+
+
+def _table(rows: np.ndarray) -> tuple[SortedTable, np.ndarray]:
+    unique, _ = sort_unique_rows(rows)
+    return SortedTable(unique, build_index(unique), rows.shape[1]), unique
+
+
+def _oracle(unique: np.ndarray, batch: np.ndarray) -> list[tuple[int, int]]:
+    row_of = {row.tobytes(): number for number, row in enumerate(unique)}
+    return [
+        (position, row_of[query.tobytes()])
+        for position, query in enumerate(batch)
+        if query.tobytes() in row_of
+    ]
+
+
+def _found(table: SortedTable, batch: np.ndarray) -> list[tuple[int, int]]:
+    matches = table.find(np.ascontiguousarray(batch).tobytes())
+    return list(zip(matches.positions.tolist(), matches.rows.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_find_random_table_matches_set(width: int) -> None:
+    generator = np.random.default_rng(width)
+    rows = generator.integers(0, 256, size=(20_000, width), dtype=np.uint8)
+    table, unique = _table(rows)
+    batch = np.concatenate(
+        [rows[::7], generator.integers(0, 256, size=(5_000, width), dtype=np.uint8)]
+    )
+    generator.shuffle(batch)
+
+    assert _found(table, batch) == _oracle(unique, batch)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("shared_bytes", [4, 8, 12, 15], ids=lambda n: f"prefix{n}")
+def test_find_shared_prefixes_exact(width: int, shared_bytes: int) -> None:
+    generator = np.random.default_rng(shared_bytes)
+    rows = generator.integers(0, 256, size=(3_000, width), dtype=np.uint8)
+    rows[:2_000, :shared_bytes] = 0xAB
+    table, unique = _table(rows)
+    near = rows[:500].copy()
+    near[:, -1] ^= 1
+    batch = np.concatenate([rows[:1_500], near, rows[2_500:]])
+
+    assert _found(table, batch) == _oracle(unique, batch)
+
+
+def test_find_empty_batch_and_empty_table() -> None:
+    table, _ = _table(
+        np.random.default_rng(1).integers(0, 256, (10, 16), dtype=np.uint8)
+    )
+    empty_table, _ = _table(np.empty((0, 16), dtype=np.uint8))
+
+    assert table.find(b"").positions.size == 0
+    assert empty_table.find(bytes(32)).positions.size == 0
+
+
+def test_find_all_hits_with_duplicates() -> None:
+    rows = np.random.default_rng(2).integers(0, 256, (1_000, 16), dtype=np.uint8)
+    table, unique = _table(rows)
+    batch = np.concatenate([rows, rows[::-1], rows[:10]])
+
+    found = _found(table, batch)
+
+    assert len(found) == batch.shape[0]
+    assert found == _oracle(unique, batch)
+
+
+def test_sort_unique_rows_last_record_wins() -> None:
+    rows = np.array([[3] * 16, [1] * 16, [3] * 16, [2] * 16], dtype=np.uint8)
+
+    unique, source = sort_unique_rows(rows)
+
+    assert unique[:, 0].tolist() == [1, 2, 3]
+    assert source.tolist() == [1, 3, 2]
+
+
+def _hash_sets(width: int) -> st.SearchStrategy[tuple[list[bytes], list[bytes]]]:
+    """Tables and batches drawn from a small alphabet, so prefixes collide often."""
+    byte = st.sampled_from([0, 1, 0x7F, 0x80, 0xFF])
+    hash_ = st.lists(byte, min_size=width, max_size=width).map(bytes)
+    mixed = st.one_of(hash_, st.binary(min_size=width, max_size=width))
+    return st.tuples(st.lists(mixed, max_size=300), st.lists(mixed, max_size=300))
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_find_matches_set_property(width: int, data: st.DataObject) -> None:
+    table_hashes, extra = data.draw(_hash_sets(width))
+    batch = (
+        extra + data.draw(st.lists(st.sampled_from(table_hashes), max_size=50))
+        if table_hashes
+        else extra
+    )
+    rows = np.frombuffer(b"".join(table_hashes), dtype=np.uint8).reshape(-1, width)
+    table, unique = _table(rows)
+    queries = np.frombuffer(b"".join(batch), dtype=np.uint8).reshape(-1, width)
+
+    known = set(table_hashes)
+    found = table.find(b"".join(batch))
+
+    assert found.positions.tolist() == [i for i, h in enumerate(batch) if h in known]
+    assert [unique[row].tobytes() for row in found.rows] == [
+        h for h in batch if h in known
+    ]
+    assert _found(table, queries) == _oracle(unique, queries)
