@@ -97,6 +97,24 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
                 return self._describe(generation)
         raise AssertionError("unreachable: _call aborts or the block returns")
 
+    def Dispute(
+        self, request: hashcheck_pb2.DisputeRequest, context: grpc.ServicerContext
+    ) -> hashcheck_pb2.DisputeReply:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "This server takes no disputes yet."
+        )
+        raise AssertionError("unreachable: abort raises")
+
+    def ListWithdrawals(
+        self,
+        request: hashcheck_pb2.ListWithdrawalsRequest,
+        context: grpc.ServicerContext,
+    ) -> hashcheck_pb2.ListWithdrawalsReply:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "This server keeps no withdrawals yet."
+        )
+        raise AssertionError("unreachable: abort raises")
+
     @contextmanager
     def _call(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
         """Count the call and turn any failure into its status code."""

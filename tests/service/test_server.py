@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from pathlib import Path
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 from synthetic import md5_entries, random_hashes
 
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
-from hashcheck_server.server import RunningServer
+from hashcheck_server.server import RunningServer, ServerConfig, start_server
 from hashcheck_server.store import HashStore
 
 MD5 = hashcheck_pb2.ALGORITHM_MD5
@@ -226,26 +228,31 @@ def test_import_while_serving_switches_without_failures(
 def test_stop_drains_calls_in_flight(
     store_with_police: Path, police_hashes: np.ndarray
 ) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from hashcheck_server.server import ServerConfig, start_server
-
     running = start_server(
         ServerConfig(data=store_with_police, listen="127.0.0.1:0"), CollectorRegistry()
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     stub = hashcheck_pb2_grpc.HashCheckStub(channel)
-    big = np.tile(police_hashes, (10, 1))
-    future = stub.Check.future(
-        hashcheck_pb2.CheckRequest(algorithm=MD5, hashes=big.tobytes())
+    outbox: queue.Queue[hashcheck_pb2.CheckRequest | None] = queue.Queue()
+    replies = stub.CheckStream(iter(outbox.get, None))
+    outbox.put(
+        hashcheck_pb2.CheckRequest(algorithm=MD5, hashes=police_hashes.tobytes())
     )
+    next(replies)  # the stream is now surely in flight
 
-    running.stop(grace_seconds=5)
+    draining = threading.Thread(target=running.stop, kwargs={"grace_seconds": 5})
+    draining.start()
+    time.sleep(0.2)
+    outbox.put(
+        hashcheck_pb2.CheckRequest(algorithm=MD5, hashes=police_hashes.tobytes())
+    )
+    outbox.put(None)
 
-    assert len(future.result().hit_positions) == big.shape[0]
+    assert len(next(replies).hit_positions) == len(police_hashes)
     with pytest.raises(grpc.RpcError) as refused:
         _check(stub, police_hashes[:1])
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    draining.join()
     channel.close()
 
 

@@ -24,29 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chashcheck/v1/hashcheck.proto\x12\x0chashcheck.v1\"\\\n\x0c\x43heckRequest\x12*\n\talgorithm\x18\x01 \x01(\x0e\x32\x17.hashcheck.v1.Algorithm\x12\x0e\n\x06hashes\x18\x02 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"\xa2\x01\n\nCheckReply\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hecked\x18\x03 \x01(\r\x12\x15\n\rhit_positions\x18\x04 \x03(\r\x12\x17\n\x0fhit_provenances\x18\x05 \x03(\r\x12-\n\x0bprovenances\x18\x06 \x03(\x0b\x32\x18.hashcheck.v1.Provenance\"4\n\nProvenance\x12&\n\x05lists\x18\x01 \x03(\x0b\x32\x17.hashcheck.v1.ListMatch\"+\n\tListMatch\x12\x0c\n\x04list\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\"\x10\n\x0eGetInfoRequest\"\x9f\x01\n\x04Info\x12\x17\n\x0fservice_version\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x1f\n\x17generation_committed_at\x18\x03 \x01(\x01\x12/\n\nalgorithms\x18\x04 \x03(\x0b\x32\x1b.hashcheck.v1.AlgorithmInfo\x12\x18\n\x10max_batch_hashes\x18\x05 \x01(\r\"r\n\rAlgorithmInfo\x12*\n\talgorithm\x18\x01 \x01(\x0e\x32\x17.hashcheck.v1.Algorithm\x12\r\n\x05width\x18\x02 \x01(\r\x12\x17\n\nhash_count\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\r\n\x0b_hash_count*v\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x11\n\rALGORITHM_MD5\x10\x01\x12\x12\n\x0e\x41LGORITHM_SHA1\x10\x02\x12\x14\n\x10\x41LGORITHM_SHA256\x10\x03\x12\x11\n\rALGORITHM_PDQ\x10\x04\x32\xd0\x01\n\tHashCheck\x12=\n\x05\x43heck\x12\x1a.hashcheck.v1.CheckRequest\x1a\x18.hashcheck.v1.CheckReply\x12G\n\x0b\x43heckStream\x12\x1a.hashcheck.v1.CheckRequest\x1a\x18.hashcheck.v1.CheckReply(\x01\x30\x01\x12;\n\x07GetInfo\x12\x1c.hashcheck.v1.GetInfoRequest\x1a\x12.hashcheck.v1.Infob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chashcheck/v1/hashcheck.proto\x12\x0chashcheck.v1\"\x89\x01\n\x0c\x43heckRequest\x12*\n\talgorithm\x18\x01 \x01(\x0e\x32\x17.hashcheck.v1.Algorithm\x12\x0e\n\x06hashes\x18\x02 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0cmax_distance\x18\x04 \x01(\r\x12\x15\n\rwant_receipts\x18\x05 \x01(\x08\"\xe2\x01\n\nCheckReply\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x0f\n\x07\x63hecked\x18\x03 \x01(\r\x12\x15\n\rhit_positions\x18\x04 \x03(\r\x12\x17\n\x0fhit_provenances\x18\x05 \x03(\r\x12-\n\x0bprovenances\x18\x06 \x03(\x0b\x32\x18.hashcheck.v1.Provenance\x12\x15\n\rhit_distances\x18\x07 \x03(\r\x12\'\n\x08receipts\x18\x08 \x03(\x0b\x32\x15.hashcheck.v1.Receipt\":\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\xb8\x01\n\x0bReceiptBody\x12*\n\talgorithm\x18\x01 \x01(\x0e\x32\x17.hashcheck.v1.Algorithm\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12&\n\x05lists\x18\x03 \x03(\x0b\x32\x17.hashcheck.v1.ListMatch\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x11\n\tissued_at\x18\x05 \x01(\x01\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x10\n\x08\x64istance\x18\x07 \x01(\r\"4\n\nProvenance\x12&\n\x05lists\x18\x01 \x03(\x0b\x32\x17.hashcheck.v1.ListMatch\"+\n\tListMatch\x12\x0c\n\x04list\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\"\x82\x01\n\x0e\x44isputeRequest\x12*\n\talgorithm\x18\x01 \x01(\x0e\x32\x17.hashcheck.v1.Algorithm\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12&\n\x07receipt\x18\x04 \x01(\x0b\x32\x15.hashcheck.v1.Receipt\"\"\n\x0c\x44isputeReply\x12\x12\n\ndispute_id\x18\x01 \x01(\t\"\'\n\x16ListWithdrawalsRequest\x12\r\n\x05since\x18\x01 \x01(\x01\"E\n\x14ListWithdrawalsReply\x12-\n\x0bwithdrawals\x18\x01 \x03(\x0b\x32\x18.hashcheck.v1.Withdrawal\"\x7f\n\nWithdrawal\x12*\n\talgorithm\x18\x01 \x01(\x0e\x32\x17.hashcheck.v1.Algorithm\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12\x14\n\x0cwithdrawn_at\x18\x03 \x01(\x01\x12\r\n\x05lists\x18\x04 \x03(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\"\x10\n\x0eGetInfoRequest\"\x82\x02\n\x04Info\x12\x17\n\x0fservice_version\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x1f\n\x17generation_committed_at\x18\x03 \x01(\x01\x12/\n\nalgorithms\x18\x04 \x03(\x0b\x32\x1b.hashcheck.v1.AlgorithmInfo\x12\x18\n\x10max_batch_hashes\x18\x05 \x01(\r\x12\x0e\n\x06tenant\x18\x06 \x01(\t\x12\x1c\n\x14\x64\x65\x66\x61ult_max_distance\x18\x07 \x01(\r\x12\x18\n\x10max_distance_cap\x18\x08 \x01(\r\x12\x19\n\x11generation_digest\x18\t \x01(\t\"r\n\rAlgorithmInfo\x12*\n\talgorithm\x18\x01 \x01(\x0e\x32\x17.hashcheck.v1.Algorithm\x12\r\n\x05width\x18\x02 \x01(\r\x12\x17\n\nhash_count\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\r\n\x0b_hash_count*v\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x11\n\rALGORITHM_MD5\x10\x01\x12\x12\n\x0e\x41LGORITHM_SHA1\x10\x02\x12\x14\n\x10\x41LGORITHM_SHA256\x10\x03\x12\x11\n\rALGORITHM_PDQ\x10\x04\x32\xf2\x02\n\tHashCheck\x12=\n\x05\x43heck\x12\x1a.hashcheck.v1.CheckRequest\x1a\x18.hashcheck.v1.CheckReply\x12G\n\x0b\x43heckStream\x12\x1a.hashcheck.v1.CheckRequest\x1a\x18.hashcheck.v1.CheckReply(\x01\x30\x01\x12;\n\x07GetInfo\x12\x1c.hashcheck.v1.GetInfoRequest\x1a\x12.hashcheck.v1.Info\x12\x43\n\x07\x44ispute\x12\x1c.hashcheck.v1.DisputeRequest\x1a\x1a.hashcheck.v1.DisputeReply\x12[\n\x0fListWithdrawals\x12$.hashcheck.v1.ListWithdrawalsRequest\x1a\".hashcheck.v1.ListWithdrawalsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hashcheck.v1.hashcheck_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ALGORITHM']._serialized_start=700
-  _globals['_ALGORITHM']._serialized_end=818
-  _globals['_CHECKREQUEST']._serialized_start=46
-  _globals['_CHECKREQUEST']._serialized_end=138
-  _globals['_CHECKREPLY']._serialized_start=141
-  _globals['_CHECKREPLY']._serialized_end=303
-  _globals['_PROVENANCE']._serialized_start=305
-  _globals['_PROVENANCE']._serialized_end=357
-  _globals['_LISTMATCH']._serialized_start=359
-  _globals['_LISTMATCH']._serialized_end=402
-  _globals['_GETINFOREQUEST']._serialized_start=404
-  _globals['_GETINFOREQUEST']._serialized_end=420
-  _globals['_INFO']._serialized_start=423
-  _globals['_INFO']._serialized_end=582
-  _globals['_ALGORITHMINFO']._serialized_start=584
-  _globals['_ALGORITHMINFO']._serialized_end=698
-  _globals['_HASHCHECK']._serialized_start=821
-  _globals['_HASHCHECK']._serialized_end=1029
+  _globals['_ALGORITHM']._serialized_start=1566
+  _globals['_ALGORITHM']._serialized_end=1684
+  _globals['_CHECKREQUEST']._serialized_start=47
+  _globals['_CHECKREQUEST']._serialized_end=184
+  _globals['_CHECKREPLY']._serialized_start=187
+  _globals['_CHECKREPLY']._serialized_end=413
+  _globals['_RECEIPT']._serialized_start=415
+  _globals['_RECEIPT']._serialized_end=473
+  _globals['_RECEIPTBODY']._serialized_start=476
+  _globals['_RECEIPTBODY']._serialized_end=660
+  _globals['_PROVENANCE']._serialized_start=662
+  _globals['_PROVENANCE']._serialized_end=714
+  _globals['_LISTMATCH']._serialized_start=716
+  _globals['_LISTMATCH']._serialized_end=759
+  _globals['_DISPUTEREQUEST']._serialized_start=762
+  _globals['_DISPUTEREQUEST']._serialized_end=892
+  _globals['_DISPUTEREPLY']._serialized_start=894
+  _globals['_DISPUTEREPLY']._serialized_end=928
+  _globals['_LISTWITHDRAWALSREQUEST']._serialized_start=930
+  _globals['_LISTWITHDRAWALSREQUEST']._serialized_end=969
+  _globals['_LISTWITHDRAWALSREPLY']._serialized_start=971
+  _globals['_LISTWITHDRAWALSREPLY']._serialized_end=1040
+  _globals['_WITHDRAWAL']._serialized_start=1042
+  _globals['_WITHDRAWAL']._serialized_end=1169
+  _globals['_GETINFOREQUEST']._serialized_start=1171
+  _globals['_GETINFOREQUEST']._serialized_end=1187
+  _globals['_INFO']._serialized_start=1190
+  _globals['_INFO']._serialized_end=1448
+  _globals['_ALGORITHMINFO']._serialized_start=1450
+  _globals['_ALGORITHMINFO']._serialized_end=1564
+  _globals['_HASHCHECK']._serialized_start=1687
+  _globals['_HASHCHECK']._serialized_end=2057
 # @@protoc_insertion_point(module_scope)

@@ -67,6 +67,8 @@ class CheckRequest(_message.Message):
     ALGORITHM_FIELD_NUMBER: _builtins.int
     HASHES_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    MAX_DISTANCE_FIELD_NUMBER: _builtins.int
+    WANT_RECEIPTS_FIELD_NUMBER: _builtins.int
     algorithm: Global___Algorithm.ValueType
     hashes: _builtins.bytes
     """N hashes of the algorithm's width, concatenated: N * width bytes."""
@@ -74,16 +76,24 @@ class CheckRequest(_message.Message):
     """Chosen by the caller and echoed in the reply, so that a stream's replies
     can be tied to their requests.
     """
+    max_distance: _builtins.int
+    """PDQ only: the largest Hamming distance that counts as a match. 0 means
+    the server's default; the server caps larger values at its own limit.
+    """
+    want_receipts: _builtins.bool
+    """Ask for a signed receipt for each hit (see Receipt)."""
     def __init__(
         self,
         *,
         algorithm: Global___Algorithm.ValueType = ...,
         hashes: _builtins.bytes = ...,
         sequence: _builtins.int = ...,
+        max_distance: _builtins.int = ...,
+        want_receipts: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "hashes", b"hashes", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "hashes", b"hashes", "max_distance", b"max_distance", "sequence", b"sequence", "want_receipts", b"want_receipts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -99,6 +109,8 @@ class CheckReply(_message.Message):
     HIT_POSITIONS_FIELD_NUMBER: _builtins.int
     HIT_PROVENANCES_FIELD_NUMBER: _builtins.int
     PROVENANCES_FIELD_NUMBER: _builtins.int
+    HIT_DISTANCES_FIELD_NUMBER: _builtins.int
+    RECEIPTS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The sequence number of the request this reply answers."""
     generation: _builtins.int
@@ -119,6 +131,19 @@ class CheckReply(_message.Message):
         with the same categories share one entry.
         """
 
+    @_builtins.property
+    def hit_distances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """PDQ only, parallel to hit_positions: the Hamming distance of each match.
+        A position appears once per matching known hash, nearest first, so
+        positions are ascending but may repeat. Empty for exact algorithms.
+        """
+
+    @_builtins.property
+    def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Receipt]:
+        """When the request asked for them, parallel to hit_positions: one signed
+        receipt per hit.
+        """
+
     def __init__(
         self,
         *,
@@ -128,14 +153,92 @@ class CheckReply(_message.Message):
         hit_positions: _abc.Iterable[_builtins.int] | None = ...,
         hit_provenances: _abc.Iterable[_builtins.int] | None = ...,
         provenances: _abc.Iterable[Global___Provenance] | None = ...,
+        hit_distances: _abc.Iterable[_builtins.int] | None = ...,
+        receipts: _abc.Iterable[Global___Receipt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked", b"checked", "generation", b"generation", "hit_positions", b"hit_positions", "hit_provenances", b"hit_provenances", "provenances", b"provenances", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked", b"checked", "generation", b"generation", "hit_distances", b"hit_distances", "hit_positions", b"hit_positions", "hit_provenances", b"hit_provenances", "provenances", b"provenances", "receipts", b"receipts", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckReply: _TypeAlias = CheckReply  # noqa: Y015
+
+@_typing.final
+class Receipt(_message.Message):
+    """Proof, signed by the hotline, that a hash was a hit on vetted lists at a
+    given time, so that a company can later show why it removed a file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """A serialized ReceiptBody, exactly the bytes that were signed."""
+    signature: _builtins.bytes
+    """The Ed25519 signature of body by the hotline's receipt key."""
+    key_id: _builtins.str
+    """Which key signed: the hex SHA-256 of its raw public key, so that keys
+    can be rotated and old receipts still checked.
+    """
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "key_id", b"key_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class ReceiptBody(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    LISTS_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    algorithm: Global___Algorithm.ValueType
+    hash: _builtins.bytes
+    """The caller's own hash that hit."""
+    generation: _builtins.int
+    issued_at: _builtins.float
+    """When the hit was answered, in seconds since the epoch."""
+    tenant: _builtins.str
+    """The tenant the hit was reported to."""
+    distance: _builtins.int
+    """PDQ only: the Hamming distance of the match."""
+    @_builtins.property
+    def lists(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListMatch]: ...
+    def __init__(
+        self,
+        *,
+        algorithm: Global___Algorithm.ValueType = ...,
+        hash: _builtins.bytes = ...,
+        lists: _abc.Iterable[Global___ListMatch] | None = ...,
+        generation: _builtins.int = ...,
+        issued_at: _builtins.float = ...,
+        tenant: _builtins.str = ...,
+        distance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "distance", b"distance", "generation", b"generation", "hash", b"hash", "issued_at", b"issued_at", "lists", b"lists", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptBody: _TypeAlias = ReceiptBody  # noqa: Y015
 
 @_typing.final
 class Provenance(_message.Message):
@@ -186,6 +289,136 @@ class ListMatch(_message.Message):
 Global___ListMatch: _TypeAlias = ListMatch  # noqa: Y015
 
 @_typing.final
+class DisputeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    algorithm: Global___Algorithm.ValueType
+    hash: _builtins.bytes
+    """The caller's own hash whose hit it contests."""
+    reason: _builtins.str
+    """Why, in the caller's words (for example "a stock photo of our CMS")."""
+    @_builtins.property
+    def receipt(self) -> Global___Receipt:
+        """The receipt of the hit, if the caller kept it."""
+
+    def __init__(
+        self,
+        *,
+        algorithm: Global___Algorithm.ValueType = ...,
+        hash: _builtins.bytes = ...,
+        reason: _builtins.str = ...,
+        receipt: Global___Receipt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "hash", b"hash", "reason", b"reason", "receipt", b"receipt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputeRequest: _TypeAlias = DisputeRequest  # noqa: Y015
+
+@_typing.final
+class DisputeReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    dispute_id: _builtins.str
+    """Refers to the dispute in later correspondence with the hotline."""
+    def __init__(
+        self,
+        *,
+        dispute_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute_id", b"dispute_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputeReply: _TypeAlias = DisputeReply  # noqa: Y015
+
+@_typing.final
+class ListWithdrawalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    since: _builtins.float
+    """Only withdrawals after this time, in seconds since the epoch."""
+    def __init__(
+        self,
+        *,
+        since: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWithdrawalsRequest: _TypeAlias = ListWithdrawalsRequest  # noqa: Y015
+
+@_typing.final
+class ListWithdrawalsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITHDRAWALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def withdrawals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Withdrawal]: ...
+    def __init__(
+        self,
+        *,
+        withdrawals: _abc.Iterable[Global___Withdrawal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["withdrawals", b"withdrawals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWithdrawalsReply: _TypeAlias = ListWithdrawalsReply  # noqa: Y015
+
+@_typing.final
+class Withdrawal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_AT_FIELD_NUMBER: _builtins.int
+    LISTS_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    algorithm: Global___Algorithm.ValueType
+    hash: _builtins.bytes
+    """The caller's own hash, once reported as a hit."""
+    withdrawn_at: _builtins.float
+    """When it was taken off the lists, in seconds since the epoch."""
+    generation: _builtins.int
+    """The first generation without it."""
+    @_builtins.property
+    def lists(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The lists it was taken off."""
+
+    def __init__(
+        self,
+        *,
+        algorithm: Global___Algorithm.ValueType = ...,
+        hash: _builtins.bytes = ...,
+        withdrawn_at: _builtins.float = ...,
+        lists: _abc.Iterable[_builtins.str] | None = ...,
+        generation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "generation", b"generation", "hash", b"hash", "lists", b"lists", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Withdrawal: _TypeAlias = Withdrawal  # noqa: Y015
+
+@_typing.final
 class GetInfoRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -209,6 +442,10 @@ class Info(_message.Message):
     GENERATION_COMMITTED_AT_FIELD_NUMBER: _builtins.int
     ALGORITHMS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_HASHES_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    DEFAULT_MAX_DISTANCE_FIELD_NUMBER: _builtins.int
+    MAX_DISTANCE_CAP_FIELD_NUMBER: _builtins.int
+    GENERATION_DIGEST_FIELD_NUMBER: _builtins.int
     service_version: _builtins.str
     """The server's release, e.g. "0.1.0"."""
     generation: _builtins.int
@@ -219,6 +456,15 @@ class Info(_message.Message):
     """When that generation was committed, in seconds since the epoch."""
     max_batch_hashes: _builtins.int
     """The largest batch one request may carry, in hashes."""
+    tenant: _builtins.str
+    """The tenant the caller is authenticated as; empty without tenants."""
+    default_max_distance: _builtins.int
+    """PDQ: the default and the largest max_distance this server applies."""
+    max_distance_cap: _builtins.int
+    generation_digest: _builtins.str
+    """A content digest of the served generation (hex SHA-256 over its tables
+    and lists), equal on every replica that serves the same data.
+    """
     @_builtins.property
     def algorithms(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlgorithmInfo]:
         """The algorithms this server answers."""
@@ -231,10 +477,14 @@ class Info(_message.Message):
         generation_committed_at: _builtins.float = ...,
         algorithms: _abc.Iterable[Global___AlgorithmInfo] | None = ...,
         max_batch_hashes: _builtins.int = ...,
+        tenant: _builtins.str = ...,
+        default_max_distance: _builtins.int = ...,
+        max_distance_cap: _builtins.int = ...,
+        generation_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithms", b"algorithms", "generation", b"generation", "generation_committed_at", b"generation_committed_at", "max_batch_hashes", b"max_batch_hashes", "service_version", b"service_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithms", b"algorithms", "default_max_distance", b"default_max_distance", "generation", b"generation", "generation_committed_at", b"generation_committed_at", "generation_digest", b"generation_digest", "max_batch_hashes", b"max_batch_hashes", "max_distance_cap", b"max_distance_cap", "service_version", b"service_version", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

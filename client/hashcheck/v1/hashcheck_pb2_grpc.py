@@ -49,6 +49,16 @@ class HashCheckStub:
                 request_serializer=hashcheck_dot_v1_dot_hashcheck__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=hashcheck_dot_v1_dot_hashcheck__pb2.Info.FromString,
                 _registered_method=True)
+        self.Dispute = channel.unary_unary(
+                '/hashcheck.v1.HashCheck/Dispute',
+                request_serializer=hashcheck_dot_v1_dot_hashcheck__pb2.DisputeRequest.SerializeToString,
+                response_deserializer=hashcheck_dot_v1_dot_hashcheck__pb2.DisputeReply.FromString,
+                _registered_method=True)
+        self.ListWithdrawals = channel.unary_unary(
+                '/hashcheck.v1.HashCheck/ListWithdrawals',
+                request_serializer=hashcheck_dot_v1_dot_hashcheck__pb2.ListWithdrawalsRequest.SerializeToString,
+                response_deserializer=hashcheck_dot_v1_dot_hashcheck__pb2.ListWithdrawalsReply.FromString,
+                _registered_method=True)
 
 
 class HashCheckServicer:
@@ -76,6 +86,22 @@ class HashCheckServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Dispute(self, request, context):
+        """Contests a hit: the caller believes a hash it was told about is not
+        what the list says. Operators see disputes in a queue and resolve them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWithdrawals(self, request, context):
+        """Hashes the caller was told were hits and that have since been taken off
+        every list it matches, so that it can restore what it removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HashCheckServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +119,16 @@ def add_HashCheckServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=hashcheck_dot_v1_dot_hashcheck__pb2.GetInfoRequest.FromString,
                     response_serializer=hashcheck_dot_v1_dot_hashcheck__pb2.Info.SerializeToString,
+            ),
+            'Dispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Dispute,
+                    request_deserializer=hashcheck_dot_v1_dot_hashcheck__pb2.DisputeRequest.FromString,
+                    response_serializer=hashcheck_dot_v1_dot_hashcheck__pb2.DisputeReply.SerializeToString,
+            ),
+            'ListWithdrawals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWithdrawals,
+                    request_deserializer=hashcheck_dot_v1_dot_hashcheck__pb2.ListWithdrawalsRequest.FromString,
+                    response_serializer=hashcheck_dot_v1_dot_hashcheck__pb2.ListWithdrawalsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +212,60 @@ class HashCheck:
             '/hashcheck.v1.HashCheck/GetInfo',
             hashcheck_dot_v1_dot_hashcheck__pb2.GetInfoRequest.SerializeToString,
             hashcheck_dot_v1_dot_hashcheck__pb2.Info.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Dispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashcheck.v1.HashCheck/Dispute',
+            hashcheck_dot_v1_dot_hashcheck__pb2.DisputeRequest.SerializeToString,
+            hashcheck_dot_v1_dot_hashcheck__pb2.DisputeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWithdrawals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashcheck.v1.HashCheck/ListWithdrawals',
+            hashcheck_dot_v1_dot_hashcheck__pb2.ListWithdrawalsRequest.SerializeToString,
+            hashcheck_dot_v1_dot_hashcheck__pb2.ListWithdrawalsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,14 @@ class HashCheckStub:
     """
     GetInfo: _grpc.UnaryUnaryMultiCallable[_hashcheck_pb2.GetInfoRequest, _hashcheck_pb2.Info]
     """Describes the service: version, algorithms and the generation served."""
+    Dispute: _grpc.UnaryUnaryMultiCallable[_hashcheck_pb2.DisputeRequest, _hashcheck_pb2.DisputeReply]
+    """Contests a hit: the caller believes a hash it was told about is not
+    what the list says. Operators see disputes in a queue and resolve them.
+    """
+    ListWithdrawals: _grpc.UnaryUnaryMultiCallable[_hashcheck_pb2.ListWithdrawalsRequest, _hashcheck_pb2.ListWithdrawalsReply]
+    """Hashes the caller was told were hits and that have since been taken off
+    every list it matches, so that it can restore what it removed.
+    """
 
 @_typing.type_check_only
 class HashCheckAsyncStub(HashCheckStub):
@@ -58,6 +66,14 @@ class HashCheckAsyncStub(HashCheckStub):
     """
     GetInfo: _aio.UnaryUnaryMultiCallable[_hashcheck_pb2.GetInfoRequest, _hashcheck_pb2.Info]  # type: ignore[assignment]
     """Describes the service: version, algorithms and the generation served."""
+    Dispute: _aio.UnaryUnaryMultiCallable[_hashcheck_pb2.DisputeRequest, _hashcheck_pb2.DisputeReply]  # type: ignore[assignment]
+    """Contests a hit: the caller believes a hash it was told about is not
+    what the list says. Operators see disputes in a queue and resolve them.
+    """
+    ListWithdrawals: _aio.UnaryUnaryMultiCallable[_hashcheck_pb2.ListWithdrawalsRequest, _hashcheck_pb2.ListWithdrawalsReply]  # type: ignore[assignment]
+    """Hashes the caller was told were hits and that have since been taken off
+    every list it matches, so that it can restore what it removed.
+    """
 
 class HashCheckServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -85,5 +101,25 @@ class HashCheckServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hashcheck_pb2.Info, _abc.Awaitable[_hashcheck_pb2.Info]]:
         """Describes the service: version, algorithms and the generation served."""
+
+    @_abc_1.abstractmethod
+    def Dispute(
+        self,
+        request: _hashcheck_pb2.DisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hashcheck_pb2.DisputeReply, _abc.Awaitable[_hashcheck_pb2.DisputeReply]]:
+        """Contests a hit: the caller believes a hash it was told about is not
+        what the list says. Operators see disputes in a queue and resolve them.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWithdrawals(
+        self,
+        request: _hashcheck_pb2.ListWithdrawalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hashcheck_pb2.ListWithdrawalsReply, _abc.Awaitable[_hashcheck_pb2.ListWithdrawalsReply]]:
+        """Hashes the caller was told were hits and that have since been taken off
+        every list it matches, so that it can restore what it removed.
+        """
 
 def add_HashCheckServicer_to_server(servicer: HashCheckServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
