@@ -6,6 +6,7 @@
     hashcheck-server show   --data DIR NAME
     hashcheck-server retire --data DIR NAME
     hashcheck-server remove --data DIR [--list NAME] [--algorithm ALG] HASH...|-
+    hashcheck-server merge  --data DIR
     hashcheck-server demo   --data DIR --samples DIR
 
 The forms above are driven by scripts outside the project: keep them stable.
@@ -72,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_show(commands)
     _add_retire(commands)
     _add_remove(commands)
+    _add_merge(commands)
     _add_demo(commands)
     return parser
 
@@ -162,6 +164,11 @@ def _add_import(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     command.add_argument(
         "--replace", action="store_true", help="the list becomes exactly this file"
     )
+    command.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="merge the delta into the base table now (default: only when large)",
+    )
     command.add_argument("file", help="the file to import, or - for standard input")
     command.set_defaults(run=_run_import)
 
@@ -193,6 +200,7 @@ def _run_import(args: argparse.Namespace) -> int:
             source=args.source,
             description=args.description,
             replace=args.replace,
+            rebuild=args.rebuild,
         )
     _print_import_report(report, parsed.records, prepared.dropped_empty_file)
     return EXIT_OK
@@ -348,6 +356,22 @@ def _group_hex(
         chosen: np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(-1, chosen.width)
         for chosen, raw in grouped.items()
     }
+
+
+def _add_merge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "merge", help="fold the daily deltas into the base tables (e.g. nightly)"
+    )
+    _data_argument(command)
+    command.set_defaults(run=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    with HashStore.open(args.data) as store:
+        generation = store.merge()
+    print(f"merged: generation {generation} in {time.perf_counter() - started:.1f} s")
+    return EXIT_OK
 
 
 def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

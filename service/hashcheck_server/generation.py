@@ -25,9 +25,7 @@ from pyroaring import BitMap
 
 from hashcheck._algorithms import Algorithm
 from hashcheck_server import layout
-from hashcheck_server.errors import StoreCorrupt
-from hashcheck_server.lookup import SortedTable
-from hashcheck_server.table import TableIndex
+from hashcheck_server.lookup import LayeredTable, SortedTable
 
 __all__ = ["Generation", "ListMatch", "Membership", "TableHits"]
 
@@ -70,7 +68,7 @@ class TableHits:
 
 @dataclass
 class _AlgorithmState:
-    table: SortedTable
+    table: LayeredTable
     memberships: list[Membership] = field(default_factory=list)
 
 
@@ -83,9 +81,12 @@ class Generation:
         committed_at: float,
         transaction: Any,
         states: dict[Algorithm, _AlgorithmState],
+        digest: str = "",
     ) -> None:
         self.number = number
         self.committed_at = committed_at
+        #: The content digest from the generation record (hashcheck_server.digest).
+        self.digest = digest
         self._transaction = transaction
         self._states = states
 
@@ -102,7 +103,9 @@ class Generation:
         except BaseException:
             transaction.abort()
             raise
-        return cls(record.number, record.committed_at, transaction, states)
+        return cls(
+            record.number, record.committed_at, transaction, states, record.digest
+        )
 
     @property
     def algorithms(self) -> Sequence[Algorithm]:
@@ -119,6 +122,11 @@ class Generation:
             else BitMap()
         )
         return len(live)
+
+    def table_rows(self, algorithm: Algorithm) -> int:
+        """Rows of the algorithm's table, dead ones included (until a merge)."""
+        state = self._states.get(algorithm)
+        return 0 if state is None else state.table.count
 
     def check(self, algorithm: Algorithm, batch: bytes) -> TableHits:
         """The hits among a packed batch of hashes of one algorithm."""
@@ -175,33 +183,16 @@ class Generation:
 def _load_algorithm(
     environment: layout.Environment, transaction: Any, algorithm: Algorithm
 ) -> _AlgorithmState:
-    header = layout.read_table_header(environment, transaction, algorithm)
-    rows = _map_value(environment, transaction, layout.rows_key(algorithm), np.uint8)
-    index = TableIndex(
-        filter_bits=header.filter_bits,
-        directory_bits=header.directory_bits,
-        filter=_map_value(
-            environment, transaction, layout.filter_key(algorithm), np.uint8
-        ),
-        directory=_map_value(
-            environment, transaction, layout.directory_key(algorithm), np.uint32
-        ),
-    )
-    table = SortedTable(rows.reshape(-1, algorithm.width), index, algorithm.width)
+    parts = []
+    for part in layout.TABLE_PARTS:
+        mapped = layout.map_table_part(environment, transaction, algorithm, part)
+        if mapped is not None:
+            rows, index = mapped
+            parts.append(SortedTable(rows, index, algorithm.width))
     memberships = [
         Membership(ListMatch(name, category), bitmap)
         for name, category, bitmap in layout.read_memberships(
             environment, transaction, algorithm
         )
     ]
-    return _AlgorithmState(table, memberships)
-
-
-def _map_value(
-    environment: layout.Environment, transaction: Any, key: bytes, dtype: Any
-) -> Any:
-    """A numpy view of an LMDB value, straight over the memory map."""
-    buffer = transaction.get(key, db=environment.tables)
-    if buffer is None:
-        raise StoreCorrupt(f"{environment.path} lacks the table value {key.decode()}.")
-    return np.frombuffer(buffer, dtype=dtype)
+    return _AlgorithmState(LayeredTable(parts), memberships)

@@ -4,14 +4,19 @@ Named databases and their records:
 
 - ``meta``
     ``format``       b"hashcheck-store/1"; a directory without it is refused.
-    ``generation``   JSON {"number", "committed_at", "change"}: the generation
-                     that the rest of this snapshot is. Every write transaction
-                     that changes lists or tables increments it.
-- ``tables``, per algorithm (``md5``, ``sha1``, ``sha256``):
+    ``generation``   JSON {"number", "committed_at", "change", "digest"}: the
+                     generation that the rest of this snapshot is. Every write
+                     transaction that changes lists or tables increments it;
+                     "digest" is the content digest (hashcheck_server.digest).
+- ``tables``, per algorithm (``md5``, ``sha1``, ``sha256``), a base part:
     ``<alg>/header``     JSON {"count", "width", "filter_bits", "directory_bits"}
     ``<alg>/rows``       count * width bytes: the sorted unique hashes
     ``<alg>/filter``     2**filter_bits / 8 bytes (see hashcheck_server.table)
     ``<alg>/directory``  (2**directory_bits + 1) little-endian uint32
+  and optionally a delta part with the same four values under
+  ``<alg>/delta/...``: hashes added since the base was rebuilt. Delta rows
+  are numbered after the base's (row = base count + delta row), and no hash
+  is in both parts.
 - ``members``: ``<alg> NUL <list> NUL <category>`` -> a serialized roaring
   bitmap of the rows of <alg>'s table that <list> grades <category>.
 - ``lists``: ``<list>`` -> JSON {"name", "source", "description",
@@ -34,10 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import numpy as np
+import numpy.typing as npt
 from pyroaring import BitMap
 
 from hashcheck._algorithms import Algorithm
 from hashcheck_server.errors import StoreCorrupt, StoreError, StoreFull
+from hashcheck_server.table import TableIndex, build_index
 
 __all__ = [
     "Environment",
@@ -60,6 +68,9 @@ class GenerationRecord:
     number: int
     committed_at: float
     change: str
+    #: hashcheck_server.digest.content_digest of this generation; "" in
+    #: stores written before digests were recorded.
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,20 +193,34 @@ def translate_lmdb_error(error: Exception, path: Path) -> StoreError:
     return StoreError(f"The store at {path} failed: {error}")
 
 
-def rows_key(algorithm: Algorithm) -> bytes:
-    return f"{algorithm.value}/rows".encode()
+#: The parts of an algorithm's table. The base is the big sorted table; the
+#: delta holds hashes added since the base was last rebuilt, numbered after
+#: the base's rows, so that a daily import rewrites only the delta.
+BASE = "base"
+DELTA = "delta"
+TABLE_PARTS = (BASE, DELTA)
 
 
-def filter_key(algorithm: Algorithm) -> bytes:
-    return f"{algorithm.value}/filter".encode()
+def _part_key(algorithm: Algorithm, part: str, name: str) -> bytes:
+    if part == BASE:
+        return f"{algorithm.value}/{name}".encode()
+    return f"{algorithm.value}/{part}/{name}".encode()
 
 
-def directory_key(algorithm: Algorithm) -> bytes:
-    return f"{algorithm.value}/directory".encode()
+def rows_key(algorithm: Algorithm, part: str = BASE) -> bytes:
+    return _part_key(algorithm, part, "rows")
 
 
-def header_key(algorithm: Algorithm) -> bytes:
-    return f"{algorithm.value}/header".encode()
+def filter_key(algorithm: Algorithm, part: str = BASE) -> bytes:
+    return _part_key(algorithm, part, "filter")
+
+
+def directory_key(algorithm: Algorithm, part: str = BASE) -> bytes:
+    return _part_key(algorithm, part, "directory")
+
+
+def header_key(algorithm: Algorithm, part: str = BASE) -> bytes:
+    return _part_key(algorithm, part, "header")
 
 
 def membership_key(algorithm: Algorithm, list_name: str, category: str) -> bytes:
@@ -214,9 +239,13 @@ def read_generation_record(
 
 
 def write_generation_record(
-    environment: Environment, transaction: Any, number: int, change: str
+    environment: Environment,
+    transaction: Any,
+    number: int,
+    change: str,
+    digest: str = "",
 ) -> GenerationRecord:
-    record = GenerationRecord(number, time.time(), change)
+    record = GenerationRecord(number, time.time(), change, digest)
     transaction.put(
         b"generation", json.dumps(asdict(record)).encode(), db=environment.meta
     )
@@ -232,25 +261,88 @@ def stored_algorithms(environment: Environment, transaction: Any) -> list[Algori
 
 
 def read_table_header(
-    environment: Environment, transaction: Any, algorithm: Algorithm
-) -> TableHeader:
-    raw = transaction.get(header_key(algorithm), db=environment.tables)
-    if raw is None:
-        raise StoreCorrupt(f"{environment.path} has no {algorithm.value} table header.")
-    return TableHeader(**json.loads(bytes(raw)))
-
-
-def write_table_header(
     environment: Environment,
     transaction: Any,
     algorithm: Algorithm,
-    header: TableHeader,
-) -> None:
-    transaction.put(
-        header_key(algorithm),
-        json.dumps(asdict(header)).encode(),
-        db=environment.tables,
+    part: str = BASE,
+) -> TableHeader:
+    raw = transaction.get(header_key(algorithm, part), db=environment.tables)
+    if raw is None:
+        raise StoreCorrupt(
+            f"{environment.path} has no {algorithm.value} {part} table header."
+        )
+    return TableHeader(**json.loads(bytes(raw)))
+
+
+def map_table_part(
+    environment: Environment, transaction: Any, algorithm: Algorithm, part: str
+) -> tuple[npt.NDArray[np.uint8], TableIndex] | None:
+    """A part's rows and index as views of the map, or None if it is absent.
+
+    The views stay valid while `transaction` is open and has not written.
+    """
+    tables = environment.tables
+    if transaction.get(header_key(algorithm, part), db=tables) is None:
+        return None
+
+    header = read_table_header(environment, transaction, algorithm, part)
+
+    def view(key: bytes, dtype: type[np.generic]) -> npt.NDArray[Any]:
+        buffer = transaction.get(key, db=tables)
+        if buffer is None:
+            raise StoreCorrupt(f"{environment.path} lacks the value {key.decode()}.")
+        return np.frombuffer(buffer, dtype=dtype)
+
+    rows = view(rows_key(algorithm, part), np.uint8).reshape(-1, algorithm.width)
+    index = TableIndex(
+        filter_bits=header.filter_bits,
+        directory_bits=header.directory_bits,
+        filter=view(filter_key(algorithm, part), np.uint8),
+        directory=view(directory_key(algorithm, part), np.uint32),
     )
+    return rows, index
+
+
+def write_table_part(
+    environment: Environment,
+    transaction: Any,
+    algorithm: Algorithm,
+    part: str,
+    rows: npt.NDArray[np.uint8],
+) -> None:
+    """Store sorted unique rows as a part, with a freshly built index."""
+    index = build_index(rows)
+    tables = environment.tables
+    transaction.put(rows_key(algorithm, part), rows.reshape(-1).data, db=tables)
+    transaction.put(
+        filter_key(algorithm, part), index.filter.reshape(-1).data, db=tables
+    )
+    transaction.put(
+        directory_key(algorithm, part), index.directory.reshape(-1).data, db=tables
+    )
+    header = TableHeader(
+        count=rows.shape[0],
+        width=algorithm.width,
+        filter_bits=index.filter_bits,
+        directory_bits=index.directory_bits,
+    )
+    transaction.put(
+        header_key(algorithm, part),
+        json.dumps(asdict(header)).encode(),
+        db=tables,
+    )
+
+
+def delete_table_part(
+    environment: Environment, transaction: Any, algorithm: Algorithm, part: str
+) -> None:
+    for key in (
+        rows_key(algorithm, part),
+        filter_key(algorithm, part),
+        directory_key(algorithm, part),
+        header_key(algorithm, part),
+    ):
+        transaction.delete(key, db=environment.tables)
 
 
 def read_memberships(

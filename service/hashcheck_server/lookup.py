@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from hashcheck_server.table import TableIndex
 
-__all__ = ["Matches", "SortedTable"]
+__all__ = ["LayeredTable", "Matches", "SortedTable"]
 
 #: How many rows of a bucket step 2 compares at once. Buckets average about
 #: five rows, and a window of eight covers some 95% of them.
@@ -208,3 +208,32 @@ def _is_row_below(
         table_rows[picked, first_difference] < queries[picked, first_difference]
     )
     return is_below
+
+
+class LayeredTable:
+    """An algorithm's table as its parts: the base, then the delta.
+
+    Rows are numbered across the parts in order (a delta row r is row
+    base.count + r), and a hash is in at most one part, so a batch's matches
+    are the union of each part's, with their rows offset.
+    """
+
+    def __init__(self, parts: list[SortedTable]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [part.count for part in parts])[:-1]
+        self.count = int(sum(part.count for part in parts))
+
+    def find(self, batch: bytes | memoryview) -> Matches:
+        found = [part.find(batch) for part in self.parts]
+        found = [
+            Matches(matches.positions, matches.rows + offset)
+            for matches, offset in zip(found, self.offsets.tolist(), strict=True)
+            if matches.positions.size
+        ]
+        if len(found) <= 1:
+            return found[0] if found else Matches.none()
+
+        positions = np.concatenate([matches.positions for matches in found])
+        rows = np.concatenate([matches.rows for matches in found])
+        order = np.argsort(positions, kind="stable")
+        return Matches(positions[order], rows[order])

@@ -37,9 +37,10 @@ from pyroaring import BitMap
 
 from hashcheck._algorithms import Algorithm
 from hashcheck_server import layout
+from hashcheck_server.digest import content_digest
 from hashcheck_server.errors import ImportRejected, UnknownList
-from hashcheck_server.lookup import SortedTable
-from hashcheck_server.table import TableIndex, build_index, sort_unique_rows
+from hashcheck_server.lookup import LayeredTable, SortedTable
+from hashcheck_server.table import sort_unique_rows
 
 __all__ = [
     "Entries",
@@ -163,12 +164,19 @@ class HashStore:
         source: str = "",
         description: str = "",
         replace: bool = False,
+        rebuild: bool = False,
     ) -> ImportReport:
         """Put hashes on a list, creating it if new, as one generation.
 
         With `replace`, the list afterwards holds exactly these entries;
         otherwise they are added to what it held, and a hash already on the
         list takes the category of the new record.
+
+        New hashes go to the algorithm's delta, so a daily import of some
+        thousands rewrites only the delta and the bitmaps, not the base
+        table. The base is rebuilt (merged with the delta and compacted)
+        when `rebuild` is given, when there is no base yet, or when the
+        delta would outgrow an eighth of the base.
         """
         _check_list_name(list_name)
         entries_by_algorithm = _group_by_algorithm(entries)
@@ -187,7 +195,8 @@ class HashStore:
                     list_name,
                     entries_by_algorithm.get(algorithm),
                     algorithm,
-                    replace,
+                    replace=replace,
+                    rebuild=rebuild,
                 )
             self._touch_list(transaction, list_name, source, description)
             change = f"import into {list_name}: +{report.total('added')}"
@@ -265,6 +274,23 @@ class HashStore:
         )
         return held, generation
 
+    def merge(self) -> int:
+        """Rebuild every base table with its delta, dropping dead rows.
+
+        Answers do not change; lookups get a little faster and the store
+        smaller. Operators run it on a schedule (a nightly cron job, say) or
+        on demand; imports also merge by themselves once a delta is large.
+        Returns the new generation.
+        """
+        with self._changing() as transaction:
+            for algorithm in layout.stored_algorithms(self.environment, transaction):
+                self._import_algorithm(
+                    transaction, "", None, algorithm, replace=False, rebuild=True
+                )
+            generation = self._commit_generation(transaction, "merge deltas")
+        logger.info("merged deltas into base tables: generation %d", generation)
+        return generation
+
     def lists(self) -> list[ListSummary]:
         """Every list with its counts, by name."""
         with self.environment.read() as transaction:
@@ -289,8 +315,10 @@ class HashStore:
 
     def _commit_generation(self, transaction: Any, change: str) -> int:
         previous = layout.read_generation_record(self.environment, transaction)
+        # The content digest (hashcheck_server.digest) of what this change wrote.
+        digest = content_digest(self.environment, transaction)
         record = layout.write_generation_record(
-            self.environment, transaction, previous.number + 1, change
+            self.environment, transaction, previous.number + 1, change, digest
         )
         return record.number
 
@@ -320,61 +348,104 @@ class HashStore:
         list_name: str,
         entries: Entries | None,
         algorithm: Algorithm,
+        *,
         replace: bool,
+        rebuild: bool,
     ) -> AlgorithmReport:
         report = AlgorithmReport()
-        old_rows, old_table = self._read_table(transaction, algorithm)
+        parts = self._read_parts(transaction, algorithm)
         memberships = dict(self._membership_items(transaction, algorithm))
 
-        if entries is not None:
-            unique, categories = _unique_entries(entries)
-            report.records = entries.hashes.shape[0]
-        else:
-            unique = np.empty((0, algorithm.width), dtype=np.uint8)
-            categories = []
+        unique, categories = _unique_entries(entries, algorithm)
+        report.records = 0 if entries is None else entries.hashes.shape[0]
+        fresh, combined_ids = _locate(parts, unique)
+        if list_name:
+            _apply_list_change(
+                memberships,
+                algorithm,
+                list_name,
+                combined_ids,
+                categories,
+                replace,
+                report,
+            )
 
-        combined_rows, combined_ids = _combine(old_rows, old_table, unique)
-        _apply_list_change(
-            memberships, algorithm, list_name, combined_ids, categories, replace, report
-        )
-        appended = combined_rows.shape[0] > old_rows.shape[0]
-        final_rows, renumber = _compact(combined_rows, memberships, appended)
-        self._write_table(transaction, algorithm, final_rows)
-        self._write_memberships(transaction, memberships, renumber)
-        report.table_hashes = final_rows.shape[0]
+        if rebuild or _delta_outgrows_base(parts, fresh):
+            report.table_hashes = self._rebuild_base(
+                transaction, algorithm, parts, fresh, memberships
+            )
+        else:
+            report.table_hashes = self._rewrite_delta(
+                transaction, algorithm, parts, fresh, memberships
+            )
         return report
 
-    def _read_table(
-        self, transaction: Any, algorithm: Algorithm
-    ) -> tuple[npt.NDArray[np.uint8], SortedTable | None]:
-        """The current rows (a view, valid until this transaction writes) and table."""
-        empty = np.empty((0, algorithm.width), dtype=np.uint8)
-        tables = self.environment.tables
-        raw_header = transaction.get(layout.header_key(algorithm), db=tables)
-        if raw_header is None:
-            return empty, None
+    def _rebuild_base(
+        self,
+        transaction: Any,
+        algorithm: Algorithm,
+        parts: _Parts,
+        fresh: npt.NDArray[np.uint8],
+        memberships: dict[bytes, tuple[str, str, BitMap]],
+    ) -> int:
+        """Merge base, delta and fresh rows into a new compact base."""
+        combined = np.concatenate([parts.base, parts.delta, fresh])
+        moved = parts.delta.shape[0] + fresh.shape[0] > 0
+        rows, renumber = _compact(combined, memberships, 0, moved)
+        if renumber is not None or parts.base.shape[0] == 0:
+            layout.write_table_part(
+                self.environment, transaction, algorithm, layout.BASE, rows
+            )
+            layout.delete_table_part(
+                self.environment, transaction, algorithm, layout.DELTA
+            )
+        self._write_memberships(transaction, memberships, renumber, 0)
+        return int(rows.shape[0])
 
-        header = layout.read_table_header(self.environment, transaction, algorithm)
-        rows = np.frombuffer(
-            transaction.get(layout.rows_key(algorithm), db=tables), dtype=np.uint8
-        ).reshape(-1, algorithm.width)
-        index = TableIndex(
-            header.filter_bits,
-            header.directory_bits,
-            np.frombuffer(
-                transaction.get(layout.filter_key(algorithm), db=tables), np.uint8
-            ),
-            np.frombuffer(
-                transaction.get(layout.directory_key(algorithm), db=tables), np.uint32
-            ),
-        )
-        return rows, SortedTable(rows, index, algorithm.width)
+    def _rewrite_delta(
+        self,
+        transaction: Any,
+        algorithm: Algorithm,
+        parts: _Parts,
+        fresh: npt.NDArray[np.uint8],
+        memberships: dict[bytes, tuple[str, str, BitMap]],
+    ) -> int:
+        """Leave the base as it is; the delta becomes its live rows plus fresh."""
+        base_count = parts.base.shape[0]
+        tail = np.concatenate([parts.delta, fresh])
+        moved = fresh.shape[0] > 0
+        rows, renumber = _compact(tail, memberships, base_count, moved)
+        if renumber is not None:
+            if rows.shape[0]:
+                layout.write_table_part(
+                    self.environment, transaction, algorithm, layout.DELTA, rows
+                )
+            else:
+                layout.delete_table_part(
+                    self.environment, transaction, algorithm, layout.DELTA
+                )
+        self._write_memberships(transaction, memberships, renumber, base_count)
+        return int(base_count + rows.shape[0])
+
+    def _read_parts(self, transaction: Any, algorithm: Algorithm) -> _Parts:
+        """The current base and delta rows (views, valid until the first write)."""
+        empty = np.empty((0, algorithm.width), dtype=np.uint8)
+        rows = {layout.BASE: empty, layout.DELTA: empty}
+        tables = []
+        for part in layout.TABLE_PARTS:
+            mapped = layout.map_table_part(
+                self.environment, transaction, algorithm, part
+            )
+            if mapped is not None:
+                rows[part] = mapped[0]
+                tables.append(SortedTable(mapped[0], mapped[1], algorithm.width))
+        return _Parts(rows[layout.BASE], rows[layout.DELTA], LayeredTable(tables))
 
     def _find_rows(
         self, transaction: Any, algorithm: Algorithm, hashes: npt.NDArray[np.uint8]
     ) -> BitMap:
-        _, table = self._read_table(transaction, algorithm)
-        if table is None or hashes.size == 0:
+        table = self._read_parts(transaction, algorithm).table
+        if hashes.size == 0:
             return BitMap()
         matches = table.find(np.ascontiguousarray(hashes).tobytes())
         return BitMap(matches.rows.astype(np.uint32))
@@ -401,38 +472,17 @@ class HashStore:
                 by_category[category] = len(bitmap)
         return counts
 
-    def _write_table(
-        self, transaction: Any, algorithm: Algorithm, rows: npt.NDArray[np.uint8]
-    ) -> None:
-        index = build_index(rows)
-        tables = self.environment.tables
-        transaction.put(layout.rows_key(algorithm), rows.reshape(-1).data, db=tables)
-        transaction.put(
-            layout.filter_key(algorithm), index.filter.reshape(-1).data, db=tables
-        )
-        transaction.put(
-            layout.directory_key(algorithm),
-            index.directory.reshape(-1).data,
-            db=tables,
-        )
-        header = layout.TableHeader(
-            count=rows.shape[0],
-            width=algorithm.width,
-            filter_bits=index.filter_bits,
-            directory_bits=index.directory_bits,
-        )
-        layout.write_table_header(self.environment, transaction, algorithm, header)
-
     def _write_memberships(
         self,
         transaction: Any,
         memberships: dict[bytes, tuple[str, str, BitMap]],
         renumber: npt.NDArray[np.intp] | None,
+        offset: int,
     ) -> None:
+        """Store every bitmap, moving rows from `offset` on through `renumber`."""
         for key, (_, _, bitmap) in memberships.items():
             if renumber is not None and bitmap:
-                old = np.frombuffer(bitmap.to_array(), dtype=np.uint32)
-                bitmap = BitMap(renumber[old].astype(np.uint32))
+                bitmap = _renumbered(bitmap, renumber, offset)
             self._put_bitmap(transaction, key, bitmap)
 
     def _put_bitmap(self, transaction: Any, key: bytes, bitmap: BitMap) -> None:
@@ -518,10 +568,34 @@ def _intern(names: list[str], name: str) -> int:
     return names.index(name)
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """An algorithm's table as the store reads it before a change."""
+
+    base: npt.NDArray[np.uint8]
+    delta: npt.NDArray[np.uint8]
+    table: LayeredTable
+
+
+#: A delta below this many rows never forces a rebuild, however small the base.
+_MIN_DELTA_ROWS = 100_000
+
+
+def _delta_outgrows_base(parts: _Parts, fresh: npt.NDArray[np.uint8]) -> bool:
+    """Whether the delta would be large enough to slow lookups noticeably."""
+    base_count = int(parts.base.shape[0])
+    delta_count = int(parts.delta.shape[0] + fresh.shape[0])
+    if base_count == 0:
+        return True
+    return delta_count > max(_MIN_DELTA_ROWS, base_count // 8)
+
+
 def _unique_entries(
-    entries: Entries,
+    entries: Entries | None, algorithm: Algorithm
 ) -> tuple[npt.NDArray[np.uint8], list[tuple[str, npt.NDArray[np.intp]]]]:
     """Sorted unique hashes and, per category name, the indices graded so."""
+    if entries is None:
+        return np.empty((0, algorithm.width), dtype=np.uint8), []
     unique, last_record = sort_unique_rows(entries.hashes)
     codes = entries.categories[last_record]
     by_category = [
@@ -531,25 +605,22 @@ def _unique_entries(
     return unique, [(name, indices) for name, indices in by_category if indices.size]
 
 
-def _combine(
-    old_rows: npt.NDArray[np.uint8],
-    old_table: SortedTable | None,
-    unique: npt.NDArray[np.uint8],
+def _locate(
+    parts: _Parts, unique: npt.NDArray[np.uint8]
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp]]:
-    """Old rows followed by the imported hashes not among them.
+    """The imported hashes in no part yet, and every imported hash's row.
 
-    Returns the combined rows (a new array) and, for each imported hash, its
-    row in the combined space: its old row if it had one, else a new one.
+    Rows are numbered base, then delta, then the fresh hashes in order, so
+    the membership bitmaps stay valid while the change is applied.
     """
-    old_count = old_rows.shape[0]
+    known = parts.base.shape[0] + parts.delta.shape[0]
     ids = np.full(unique.shape[0], -1, dtype=np.intp)
-    if old_table is not None and unique.shape[0]:
-        matches = old_table.find(unique.tobytes())
+    if unique.shape[0]:
+        matches = parts.table.find(unique.tobytes())
         ids[matches.positions] = matches.rows
     fresh = np.flatnonzero(ids < 0)
-    ids[fresh] = old_count + np.arange(fresh.size)
-    combined = np.concatenate([old_rows, unique[fresh]])
-    return combined, ids
+    ids[fresh] = known + np.arange(fresh.size)
+    return unique[fresh], ids
 
 
 def _apply_list_change(
@@ -587,27 +658,37 @@ def _apply_list_change(
 
 
 def _compact(
-    combined_rows: npt.NDArray[np.uint8],
+    rows: npt.NDArray[np.uint8],
     memberships: dict[bytes, tuple[str, str, BitMap]],
-    appended: bool,
+    offset: int,
+    moved: bool,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp] | None]:
-    """Drop rows on no list and sort the rest.
+    """Drop the rows on no list and sort the rest.
 
-    Returns the final rows and the map from combined row to final row (None
-    when nothing moved, so bitmaps need no renumbering). The old rows are
-    sorted already, so without appended or dropped rows nothing moves.
+    `rows` are the rows numbered from `offset` on. Returns the final rows and
+    the map from old to final row number, both relative to `offset`; the map
+    is None when nothing moved (nothing `moved` in and nothing dropped), so
+    the bitmaps need no renumbering.
     """
-    live = (
-        BitMap.union(*(bitmap for _, _, bitmap in memberships.values()))
-        if memberships
-        else BitMap()
-    )
-    count = combined_rows.shape[0]
-    kept = np.frombuffer(live.to_array(), dtype=np.uint32).astype(np.intp)
-    if kept.size == count and not appended:
-        return combined_rows, None
+    live = BitMap.union(BitMap(), *(bitmap for _, _, bitmap in memberships.values()))
+    if offset:
+        live.remove_range(0, offset)
+    kept = np.frombuffer(live.to_array(), dtype=np.uint32).astype(np.intp) - offset
+    count = rows.shape[0]
+    if kept.size == count and not moved:
+        return rows, None
 
-    rows, order = sort_unique_rows(combined_rows[kept])
+    final, order = sort_unique_rows(rows[kept])
     renumber = np.full(count, -1, dtype=np.intp)
-    renumber[kept[order]] = np.arange(rows.shape[0])
-    return rows, renumber
+    renumber[kept[order]] = np.arange(final.shape[0])
+    return final, renumber
+
+
+def _renumbered(bitmap: BitMap, renumber: npt.NDArray[np.intp], offset: int) -> BitMap:
+    """The bitmap with its rows from `offset` on moved through `renumber`."""
+    moving = bitmap.copy()
+    moving.remove_range(0, offset)
+    staying = bitmap - moving
+    old = np.frombuffer(moving.to_array(), dtype=np.uint32).astype(np.intp) - offset
+    staying.update((renumber[old] + offset).astype(np.uint32))
+    return staying

@@ -13,12 +13,12 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from synthetic import md5_entries, random_hashes
 
 from hashcheck.v1 import hashcheck_pb2_grpc
 from hashcheck_server.server import RunningServer, ServerConfig, start_server
 from hashcheck_server.servicer import CheckPolicy
 from hashcheck_server.store import HashStore
+from synthetic import md5_entries, random_hashes
 
 
 @pytest.fixture

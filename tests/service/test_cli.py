@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from synthetic import random_hashes
 
 from hashcheck_server.store import HashStore
+from synthetic import random_hashes
 
 SERVER_CLI = str(Path(sys.executable).parent / "hashcheck-server")
 

@@ -13,11 +13,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
-from synthetic import md5_entries, random_hashes
 
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server.server import RunningServer, ServerConfig, start_server
 from hashcheck_server.store import HashStore
+from synthetic import md5_entries, random_hashes
 
 MD5 = hashcheck_pb2.ALGORITHM_MD5
 

@@ -1,0 +1,61 @@
+"""The content digest of a generation: one SHA-256 over what its lookups answer.
+
+Two replicas serve the same answers exactly when they hold the same rows and
+the same memberships, whatever their generation numbers, LMDB page layout or
+list metadata. The digest is computed over just that, inside the write
+transaction that commits a generation (so it always describes the data beside
+it in the generation record), and servers report it in GetInfo, in their
+switch log line and in the `hashcheck_generation_info` metric.
+
+What is hashed, in this order, every part prefixed with its length so that no
+two different stores can produce the same byte stream:
+
+1. every table part's rows (the base table and any delta, see
+   hashcheck_server.layout), in LMDB key order: ``b"rows"``, the key, then the
+   rows, sorted and unique within the part;
+2. every membership bitmap, in LMDB key order (algorithm, list, category):
+   ``b"member"``, the key, then the bitmap's rows as little-endian uint32.
+
+The bitmap's rows are hashed rather than its serialized form, because roaring
+may encode one set of rows in more than one way. Equal digests mean equal
+answers. The converse does not quite hold: a merge folds the delta into the
+base and renumbers rows, so it changes the digest (and the generation) while
+every answer stays the same.
+
+A store written before digests existed has none in its record; servers report
+an empty digest for it until its next change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from pyroaring import BitMap
+
+from hashcheck_server import layout
+
+__all__ = ["content_digest"]
+
+#: Table values whose key ends so hold rows; the others are derived from them.
+_ROWS_SUFFIX = b"/rows"
+
+
+def content_digest(environment: layout.Environment, transaction: Any) -> str:
+    """The hex SHA-256 of the tables and memberships `transaction` sees."""
+    digest = hashlib.sha256()
+    for key, value in transaction.cursor(db=environment.tables):
+        if bytes(key).endswith(_ROWS_SUFFIX):
+            _update(digest, b"rows", bytes(key), value)
+    for key, value in transaction.cursor(db=environment.members):
+        bitmap = BitMap.deserialize(bytes(value))
+        rows = np.frombuffer(bitmap.to_array(), dtype=np.uint32).astype("<u4")
+        _update(digest, b"member", bytes(key), rows.tobytes())
+    return digest.hexdigest()
+
+
+def _update(digest: Any, *parts: bytes | memoryview) -> None:
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
