@@ -9,7 +9,11 @@
 
 Only hashes leave the caller. The SDK needs nothing beyond grpcio and
 protobuf; `hashcheck.AsyncClient` is the same client for asyncio, and the
-`hashcheck` command wraps both for scripts.
+`hashcheck` command wraps both for scripts. Checking the hotline's signed
+receipts and manifests (`verify_receipt`, `verify_manifest`) also needs
+`cryptography`: `pip install 'hashcheck[verify]'`. PDQ hashes of images
+(`pdq_hash_file`, and PDQ in `hashcheck scan`) need
+`pip install 'hashcheck[pdq]'`.
 """
 
 # No `from __future__ import annotations` here: nothing below is annotated,
@@ -25,13 +29,17 @@ from hashcheck._exceptions import (
     HashCheckError,
     InvalidHash,
     InvalidRequest,
+    ManifestInvalid,
     PermissionDenied,
     ProtocolError,
     RateLimited,
+    ReceiptInvalid,
     ServerError,
     ServerUnavailable,
 )
 from hashcheck._hashing import FileHashes, hash_file
+from hashcheck._keys import PublicKey
+from hashcheck._manifests import VerifiedManifest, verify_manifest
 from hashcheck._models import (
     AlgorithmInfo,
     Batch,
@@ -42,6 +50,8 @@ from hashcheck._models import (
     ListMatch,
 )
 from hashcheck._packing import pack_hashes
+from hashcheck._pdq import PdqHash, pdq_hash_file
+from hashcheck._receipts import Receipt, VerifiedReceipt, verify_receipt
 from hashcheck._version import __version__
 
 __all__ = [
@@ -61,15 +71,25 @@ __all__ = [
     "InvalidHash",
     "InvalidRequest",
     "ListMatch",
+    "ManifestInvalid",
+    "PdqHash",
     "PermissionDenied",
     "ProtocolError",
+    "PublicKey",
     "RateLimited",
+    "Receipt",
+    "ReceiptInvalid",
     "ServerError",
     "ServerUnavailable",
     "TLSOptions",
+    "VerifiedManifest",
+    "VerifiedReceipt",
     "__version__",
     "hash_file",
     "infer_algorithm",
     "pack_hashes",
     "parse_hex",
+    "pdq_hash_file",
+    "verify_manifest",
+    "verify_receipt",
 ]

@@ -103,26 +103,44 @@ class AsyncClient:
         self,
         hashes: Iterable[str | bytes],
         algorithm: Algorithm | str | None = None,
+        *,
+        want_receipts: bool = False,
+        max_distance: int | None = None,
     ) -> CheckResult:
         """Check one batch of hashes, as `Client.check`."""
         items = as_hash_sequence(hashes)
         chosen = resolve_algorithm(algorithm, items)
-        return await self.check_packed(pack_sequence(items, chosen), chosen)
+        packed = pack_sequence(items, chosen)
+        return await self.check_packed(
+            packed, chosen, want_receipts=want_receipts, max_distance=max_distance
+        )
 
     async def check_packed(
-        self, hashes: bytes, algorithm: Algorithm | str
+        self,
+        hashes: bytes,
+        algorithm: Algorithm | str,
+        *,
+        want_receipts: bool = False,
+        max_distance: int | None = None,
     ) -> CheckResult:
-        """Check one batch already packed as N * width bytes."""
+        """Check one batch already packed as N * width bytes.
+
+        PDQ hashes match known hashes within `max_distance` bits (None or 0:
+        the server's default, usually 31; the server caps it); each hit says
+        its `distance`.
+        """
         chosen = coerce_algorithm(algorithm)
         require_whole_hashes(hashes, chosen)
-        request = check_request(chosen, hashes)
+        request = check_request(
+            chosen, hashes, want_receipts=want_receipts, max_distance=max_distance
+        )
 
         reply = await self._call_unary(
             lambda: self._stub.Check(
                 request, timeout=self._timeout_seconds, metadata=self._metadata
             )
         )
-        return result_from_reply(reply, chosen, hashes)
+        return result_from_reply(reply, chosen, hashes, want_receipts)
 
     def check_stream(
         self,
@@ -131,6 +149,7 @@ class AsyncClient:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        want_receipts: bool = False,
     ) -> AsyncIterator[BatchResult[tuple[str | bytes, ...]]]:
         """Check any number of hashes over one stream, as `Client.check_stream`.
 
@@ -148,17 +167,21 @@ class AsyncClient:
             batches = aiter_batches(hashes, algorithm, batch_size)
         else:
             batches = iter_batches(hashes, algorithm, batch_size)
-        return self.check_batches(batches, max_in_flight=max_in_flight)
+        return self.check_batches(
+            batches, max_in_flight=max_in_flight, want_receipts=want_receipts
+        )
 
     def check_batches(
         self,
         batches: Iterable[Batch[ContextT]] | AsyncIterable[Batch[ContextT]],
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        want_receipts: bool = False,
     ) -> AsyncIterator[BatchResult[ContextT]]:
         """Check packed batches over one stream, as `Client.check_batches`."""
         require_max_in_flight(max_in_flight)
-        return self._run_stream(batches, max_in_flight)
+        ledger = StreamLedger[ContextT](want_receipts)
+        return self._run_stream(batches, max_in_flight, ledger)
 
     async def info(self) -> Info:
         """What the server says about itself: version, generation, algorithms."""
@@ -207,8 +230,8 @@ class AsyncClient:
         self,
         batches: Iterable[Batch[ContextT]] | AsyncIterable[Batch[ContextT]],
         max_in_flight: int,
+        ledger: StreamLedger[ContextT],
     ) -> AsyncIterator[BatchResult[ContextT]]:
-        ledger = StreamLedger[ContextT]()
         slots = asyncio.Semaphore(max_in_flight)
         call: _CheckStreamCall = self._stub.CheckStream(None, metadata=self._metadata)
         sender = asyncio.create_task(_send_batches(call, batches, ledger, slots))

@@ -4,10 +4,14 @@
     hashcheck check --server HOST:PORT [--algorithm ALG] -
     hashcheck scan --server HOST:PORT PATH...
     hashcheck info --server HOST:PORT
+    hashcheck check|scan ... --receipts FILE
+    hashcheck verify --public-key KEY RECEIPTS...
+    hashcheck verify-manifest --public-key KEY FILE
 
 Outside scripts drive these forms, so they stay as they are. Each hit is one
 JSON line on stdout (see `_output`); errors and progress go to stderr. The
 exit status is grep's: 0 when nothing hit, 1 when something did, 2 on error.
+Receipts and `verify` are described in `_receipt_cli`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from hashcheck._config import (
 from hashcheck._exceptions import HashCheckError, InvalidHash
 from hashcheck._hexlines import read_hex_batches
 from hashcheck._output import HitWriter
+from hashcheck._pdq import pdq_available
 from hashcheck._progress import ProgressBar
+from hashcheck._receipt_cli import (
+    ReceiptWriter,
+    add_receipts_option,
+    add_verify_commands,
+)
 from hashcheck._scan import FileScan
 from hashcheck._version import __version__
 
@@ -85,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check_command(commands, connection)
     _add_scan_command(commands, connection)
     _add_info_command(commands, connection)
+    add_verify_commands(commands)
     return parser
 
 
@@ -102,9 +113,11 @@ def _add_check_command(
         "--algorithm",
         metavar="ALG",
         type=_algorithm_argument,
-        help="md5, sha1 or sha256 (default: from the length of the first hash)",
+        help="md5, sha1, sha256 or pdq (default: from the length of the first "
+        "hash; PDQ must be named)",
     )
     _add_batch_size(check)
+    add_receipts_option(check)
     check.add_argument("hashes", nargs="+", metavar="HASH", help="hex hashes, or -")
     check.set_defaults(run=_run_check)
 
@@ -116,9 +129,16 @@ def _add_scan_command(
         "scan",
         parents=[connection],
         help="hash files and directories and check their hashes",
-        description="Hash every file under the paths (MD5, SHA-1, SHA-256) "
-        "and check the hashes. Empty files are skipped.",
+        description="Hash every file under the paths (MD5, SHA-1, SHA-256, "
+        "and PDQ for images when the pdq extra is installed) and check the "
+        "hashes. Empty files are skipped; PDQ hits say their distance.",
         epilog=_EPILOG,
+    )
+    scan.add_argument(
+        "--pdq",
+        action=argparse.BooleanOptionalAction,
+        help="send PDQ hashes of images (default: when `hashcheck[pdq]` is "
+        "installed and the server answers PDQ)",
     )
     scan.add_argument(
         "--workers",
@@ -127,6 +147,7 @@ def _add_scan_command(
         help="files hashed at once (default: CPUs + 4)",
     )
     _add_batch_size(scan)
+    add_receipts_option(scan)
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
     scan.set_defaults(run=_run_scan)
 
@@ -170,24 +191,29 @@ def _add_batch_size(command: argparse.ArgumentParser) -> None:
 
 def _run_check(args: argparse.Namespace) -> int:
     writer = HitWriter(sys.stdout)
-    with _client_for(args) as client:
+    with _client_for(args) as client, ReceiptWriter.opened(args.receipts) as receipts:
         if args.hashes == ["-"]:
-            _check_stdin(client, args.algorithm, args.batch_size, writer)
+            _check_stdin(client, args.algorithm, args.batch_size, writer, receipts)
         else:
-            _check_arguments(client, args.hashes, args.algorithm, writer)
+            _check_arguments(client, args.hashes, args.algorithm, writer, receipts)
     return EXIT_HITS if writer.hits else EXIT_NO_HITS
 
 
 def _check_stdin(
-    client: Client, algorithm: Algorithm | None, batch_size: int, writer: HitWriter
+    client: Client,
+    algorithm: Algorithm | None,
+    batch_size: int,
+    writer: HitWriter,
+    receipts: ReceiptWriter,
 ) -> None:
     """Stream stdin through the packed path: no per-hash objects but hits."""
     progress = ProgressBar(unit="hashes", label="checked")
     batches = read_hex_batches(_raw_stdin(), algorithm, batch_size)
     checked = 0
     try:
-        for result in client.check_batches(batches):
+        for result in client.check_batches(batches, want_receipts=receipts.wanted):
             writer.write(result)
+            receipts.write(result)
             checked += result.checked
             progress.update(checked, suffix=f"{writer.hits:,} hits")
     finally:
@@ -195,7 +221,11 @@ def _check_stdin(
 
 
 def _check_arguments(
-    client: Client, hashes: list[str], algorithm: Algorithm | None, writer: HitWriter
+    client: Client,
+    hashes: list[str],
+    algorithm: Algorithm | None,
+    writer: HitWriter,
+    receipts: ReceiptWriter,
 ) -> None:
     """Check hashes given as arguments, one call per algorithm among them."""
     if "-" in hashes:
@@ -210,23 +240,35 @@ def _check_arguments(
             raise InvalidHash(f"Hash argument {number}: {error}") from None
 
     for chosen, digests in groups.items():
-        writer.write(client.check_packed(b"".join(digests), chosen))
+        result = client.check_packed(
+            b"".join(digests), chosen, want_receipts=receipts.wanted
+        )
+        writer.write(result)
+        receipts.write(result)
 
 
 def _run_scan(args: argparse.Namespace) -> int:
     writer = HitWriter(sys.stdout)
     progress = ProgressBar(unit="B", label="hashed")
+    client = _client_for(args)
+    required = _pdq_requirement(args.pdq)
     scan = FileScan(
         args.paths,
         batch_size=args.batch_size,
         workers=args.workers,
         report=lambda message: progress.note(f"hashcheck: {message}"),
         on_progress=lambda: _show_scan_progress(progress, scan, writer),
+        pdq=None if required is None else lambda: _serves_pdq(client, required),
     )
     try:
-        with _client_for(args) as client:
-            for result in client.check_batches(scan.batches()):
+        with (
+            client,
+            ReceiptWriter.opened(args.receipts) as receipts,
+        ):
+            batches = scan.batches()
+            for result in client.check_batches(batches, want_receipts=receipts.wanted):
                 writer.write(result, paths=result.context)
+                receipts.write(result, paths=result.context)
                 _show_scan_progress(progress, scan, writer)
     finally:
         scan.cancel()
@@ -235,6 +277,30 @@ def _run_scan(args: argparse.Namespace) -> int:
     if writer.hits:
         return EXIT_HITS
     return EXIT_ERROR if scan.problems else EXIT_NO_HITS
+
+
+def _pdq_requirement(wanted: bool | None) -> bool | None:
+    """None: no PDQ; False: PDQ if the server answers it; True: PDQ or fail."""
+    if wanted is False:
+        return None
+    if pdq_available():
+        return bool(wanted)
+    if wanted:
+        raise HashCheckError(
+            "--pdq needs the optional extra: pip install 'hashcheck[pdq]'."
+        )
+    return None
+
+
+def _serves_pdq(client: Client, required: bool) -> bool:
+    """Whether the server answers PDQ; asked before the first PDQ batch."""
+    served = any(entry.algorithm is Algorithm.PDQ for entry in client.info().algorithms)
+    if required and not served:
+        raise HashCheckError(
+            f"The server at {client.target} does not answer PDQ hashes; scan "
+            "without --pdq."
+        )
+    return served
 
 
 def _show_scan_progress(
@@ -265,6 +331,8 @@ def _run_info(args: argparse.Namespace) -> int:
                 "generation": info.generation,
                 "generation_committed_at": info.generation_committed_at,
                 "max_batch_hashes": info.max_batch_hashes,
+                "default_max_distance": info.default_max_distance,
+                "max_distance_cap": info.max_distance_cap,
                 "algorithms": algorithms,
             }
         )

@@ -102,28 +102,50 @@ class Client:
         self,
         hashes: Iterable[str | bytes],
         algorithm: Algorithm | str | None = None,
+        *,
+        want_receipts: bool = False,
+        max_distance: int | None = None,
     ) -> CheckResult:
         """Check one batch of hashes, given as hex strings or raw bytes.
 
         Without `algorithm`, the first hash's width decides it. Raises
         InvalidHash, before any call, for a hash that is not of the algorithm.
+        With `want_receipts`, every hit carries the server's signed receipt
+        (`hit.receipt`; see `hashcheck.verify_receipt`).
         """
         items = as_hash_sequence(hashes)
         chosen = resolve_algorithm(algorithm, items)
-        return self.check_packed(pack_sequence(items, chosen), chosen)
+        packed = pack_sequence(items, chosen)
+        return self.check_packed(
+            packed, chosen, want_receipts=want_receipts, max_distance=max_distance
+        )
 
-    def check_packed(self, hashes: bytes, algorithm: Algorithm | str) -> CheckResult:
-        """Check one batch already packed as N * width bytes."""
+    def check_packed(
+        self,
+        hashes: bytes,
+        algorithm: Algorithm | str,
+        *,
+        want_receipts: bool = False,
+        max_distance: int | None = None,
+    ) -> CheckResult:
+        """Check one batch already packed as N * width bytes.
+
+        PDQ hashes match known hashes within `max_distance` bits (None or 0:
+        the server's default, usually 31; the server caps it); each hit says
+        its `distance`.
+        """
         chosen = coerce_algorithm(algorithm)
         require_whole_hashes(hashes, chosen)
-        request = check_request(chosen, hashes)
+        request = check_request(
+            chosen, hashes, want_receipts=want_receipts, max_distance=max_distance
+        )
 
         reply = self._call_unary(
             lambda: self._stub.Check(
                 request, timeout=self._timeout_seconds, metadata=self._metadata
             )
         )
-        return result_from_reply(reply, chosen, hashes)
+        return result_from_reply(reply, chosen, hashes, want_receipts)
 
     def check_stream(
         self,
@@ -132,6 +154,7 @@ class Client:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        want_receipts: bool = False,
     ) -> Iterator[BatchResult[tuple[str | bytes, ...]]]:
         """Check any number of hashes over one stream, a batch at a time.
 
@@ -145,13 +168,16 @@ class Client:
         batches are unanswered at any time.
         """
         batches = iter_batches(hashes, algorithm, batch_size)
-        return self.check_batches(batches, max_in_flight=max_in_flight)
+        return self.check_batches(
+            batches, max_in_flight=max_in_flight, want_receipts=want_receipts
+        )
 
     def check_batches(
         self,
         batches: Iterable[Batch[ContextT]],
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        want_receipts: bool = False,
     ) -> Iterator[BatchResult[ContextT]]:
         """Check packed batches over one stream; the fast path for bulk input.
 
@@ -165,7 +191,7 @@ class Client:
         `RateLimited` error's `retry_after_seconds` says when to start again.
         """
         require_max_in_flight(max_in_flight)
-        ledger = StreamLedger[ContextT]()
+        ledger = StreamLedger[ContextT](want_receipts)
         flow = _RequestFlow(batches, ledger, max_in_flight)
         return self._run_stream(flow, ledger)
 

@@ -9,11 +9,15 @@
     │   ├── PermissionDenied    PERMISSION_DENIED: the key may not do this
     │   ├── RateLimited         RESOURCE_EXHAUSTED: slow down, maybe after a delay
     │   └── ServerError         any other status
-    └── ProtocolError           the server broke the hashcheck.v1 contract
+    ├── ProtocolError           the server broke the hashcheck.v1 contract
+    ├── ReceiptInvalid          a receipt altered, malformed or from another key
+    └── ManifestInvalid         a manifest altered, malformed or from another key
 
 `CallError` and its subclasses are errors a caller can act on; each carries
 the gRPC status code and the server's own message. `ProtocolError` means the
-server (or this SDK) is wrong, and retrying will not help.
+server (or this SDK) is wrong, and retrying will not help. `ReceiptInvalid`
+and `ManifestInvalid` mean a document does not prove what it claims: it was
+altered, or not signed by the key it was checked against.
 
 Every `grpc.RpcError` becomes one of these in `error_from_rpc`, the only place
 that maps status codes, and is chained to it with `from`. Messages are whole
@@ -33,9 +37,11 @@ __all__ = [
     "HashCheckError",
     "InvalidHash",
     "InvalidRequest",
+    "ManifestInvalid",
     "PermissionDenied",
     "ProtocolError",
     "RateLimited",
+    "ReceiptInvalid",
     "ServerError",
     "ServerUnavailable",
 ]
@@ -109,6 +115,14 @@ class ServerError(CallError):
 
 class ProtocolError(HashCheckError):
     """A reply that breaks the hashcheck.v1 contract, such as one out of order."""
+
+
+class ReceiptInvalid(HashCheckError):
+    """A receipt that proves nothing: altered, signed by another key, or malformed."""
+
+
+class ManifestInvalid(HashCheckError):
+    """A generation manifest that proves nothing: altered, or another key's."""
 
 
 def error_from_rpc(error: grpc.RpcError, target: str) -> CallError:

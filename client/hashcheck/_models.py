@@ -15,9 +15,12 @@ Only hits become Python objects; a batch with no hits costs one result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from hashcheck._algorithms import Algorithm
+
+if TYPE_CHECKING:
+    from hashcheck._receipts import Receipt
 
 __all__ = [
     "AlgorithmInfo",
@@ -48,7 +51,9 @@ class Hit:
     """A checked hash that is on at least one list.
 
     `position` is the hash's index in the batch it was sent in (0 is the
-    first), so `hashes[hit.position]` is the caller's own value.
+    first), so `hashes[hit.position]` is the caller's own value. `receipt` is
+    the hit's signed receipt when the check asked for one (`want_receipts`),
+    else None; `hashcheck.verify_receipt` checks it.
     """
 
     position: int
@@ -56,6 +61,11 @@ class Hit:
     algorithm: Algorithm
     lists: tuple[ListMatch, ...]
     generation: int
+    receipt: Receipt | None = None
+    #: PDQ: the Hamming distance to the known hash matched (0-256); None for
+    #: exact algorithms. A PDQ hash near several known hashes is several
+    #: hits at the same position, nearest first.
+    distance: int | None = None
 
     @property
     def hex(self) -> str:
@@ -140,3 +150,7 @@ class Info:
     generation_committed_at: float
     algorithms: tuple[AlgorithmInfo, ...]
     max_batch_hashes: int
+    #: PDQ: the distance the server applies when a check names none, and
+    #: the largest it allows; 0 from servers without PDQ.
+    default_max_distance: int = 0
+    max_distance_cap: int = 0

@@ -5,7 +5,9 @@
      "category": "A1"}], "generation": 42}
 
 `path` appears only for `hashcheck scan`. `lists` holds the list names alone
-for simple scripts; `matches` adds each list's category.
+for simple scripts; `matches` adds each list's category. PDQ hits add
+`distance`, the Hamming distance to the known hash (nearest first; an image
+near several known hashes gives one line for each).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def hit_record(hit: Hit, path: str | None = None) -> dict[str, Any]:
         {"list": match.list, "category": match.category} for match in hit.lists
     ]
     record["generation"] = hit.generation
+    if hit.distance is not None:
+        record["distance"] = hit.distance
     return record
 
 

@@ -14,6 +14,8 @@ hashing pause whenever the server has enough batches unanswered):
 3. Every `batch_size` files, or when no file has finished for a moment, the
    files collected so far become three batches, one per algorithm, each
    carrying the paths in batch order: a hit's position is its file's index.
+   With PDQ on, the images among them with a usable PDQ hash (quality 50 or
+   more, see hashcheck._pdq) make a fourth batch, with their own paths.
 
 Empty files are skipped: their hashes are on no list.
 """
@@ -29,12 +31,16 @@ from collections.abc import Callable, Iterable, Iterator
 from hashcheck._algorithms import Algorithm
 from hashcheck._hashing import FileHashes, hash_file
 from hashcheck._models import Batch
+from hashcheck._pdq import PdqHash, pdq_hash_file
 
 __all__ = ["FILE_ALGORITHMS", "FileScan", "walk_files"]
 
 FILE_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA1, Algorithm.SHA256)
 
 Report = Callable[[str], None]
+
+#: A file's exact hashes, and its PDQ hash when it is an image and PDQ is on.
+_Hashed = tuple[FileHashes, PdqHash | None]
 
 # Send what has been hashed once no file finished for this long, so that a
 # slow file does not hold back the hits of the files already done.
@@ -46,6 +52,9 @@ class FileScan:
 
     `files_hashed`, `bytes_hashed` and `problems` grow as it runs and may be
     read from any thread; `problems` counts the paths that could not be read.
+
+    With `pdq` (a callable saying whether to send PDQ hashes, asked once
+    before the first PDQ batch), image files are PDQ-hashed too.
     """
 
     def __init__(
@@ -56,8 +65,11 @@ class FileScan:
         workers: int | None = None,
         report: Report,
         on_progress: Callable[[], None] | None = None,
+        pdq: Callable[[], bool] | None = None,
     ) -> None:
         self._paths = list(paths)
+        self._pdq = pdq
+        self._send_pdq: bool | None = None
         self._batch_size = batch_size
         self._workers = workers or min(32, (os.cpu_count() or 1) + 4)
         self._report = report
@@ -69,21 +81,21 @@ class FileScan:
         self.problems = 0
 
     def batches(self) -> Iterator[Batch[tuple[str, ...]]]:
-        """Three batches (MD5, SHA-1, SHA-256) per group of hashed files."""
+        """Three batches (MD5, SHA-1, SHA-256) per group of files, and PDQ's."""
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=self._workers, thread_name_prefix="hashcheck-hash"
         ) as executor:
             self._executor = executor
             files = walk_files(self._paths, self._note_problem)
-            group: list[tuple[str, FileHashes]] = []
+            group: list[tuple[str, _Hashed]] = []
             for hashed in self._hash_in_parallel(executor, files):
                 if hashed is not None:
                     group.append(hashed)
                 if group and (hashed is None or len(group) >= self._batch_size):
-                    yield from _batches_of(group)
+                    yield from self._batches_of(group)
                     group = []
             if group:
-                yield from _batches_of(group)
+                yield from self._batches_of(group)
 
     def cancel(self) -> None:
         """Drop the files not yet being hashed; for a scan ended early."""
@@ -95,20 +107,31 @@ class FileScan:
         self,
         executor: concurrent.futures.Executor,
         files: Iterator[str],
-    ) -> Iterator[tuple[str, FileHashes] | None]:
+    ) -> Iterator[tuple[str, _Hashed] | None]:
         """Hashed files as they finish; None marks a pause with none finishing."""
         window = 4 * self._workers
-        running: dict[concurrent.futures.Future[FileHashes], str] = {}
+        running: dict[concurrent.futures.Future[_Hashed], str] = {}
         for path in files:
-            running[executor.submit(hash_file, path)] = path
+            running[executor.submit(self._hash, path)] = path
             if len(running) >= window:
                 yield from self._collect(running)
         while running:
             yield from self._collect(running)
 
+    def _hash(self, path: str) -> _Hashed:
+        hashes = hash_file(path)
+        if self._pdq is None or not hashes.size_bytes:
+            return hashes, None
+        try:
+            return hashes, pdq_hash_file(path)
+        except (OSError, ValueError):
+            # Changed or gone since it was hashed, or an image PDQ cannot
+            # take: its exact hashes still count.
+            return hashes, None
+
     def _collect(
-        self, running: dict[concurrent.futures.Future[FileHashes], str]
-    ) -> Iterator[tuple[str, FileHashes] | None]:
+        self, running: dict[concurrent.futures.Future[_Hashed], str]
+    ) -> Iterator[tuple[str, _Hashed] | None]:
         """The files that finish next, or one None when none finish for a while."""
         done, _ = concurrent.futures.wait(
             running,
@@ -124,21 +147,41 @@ class FileScan:
                 yield path, hashed
 
     def _outcome(
-        self, path: str, future: concurrent.futures.Future[FileHashes]
-    ) -> FileHashes | None:
+        self, path: str, future: concurrent.futures.Future[_Hashed]
+    ) -> _Hashed | None:
         """The file's hashes, or None when it was unreadable or is now empty."""
         try:
-            hashes = future.result()
+            hashed = future.result()
         except OSError as error:
             self._note_problem(_unreadable(path, error))
             return None
 
+        hashes = hashed[0]
         with self._lock:
             self.files_hashed += 1
             self.bytes_hashed += hashes.size_bytes
         if self._on_progress is not None:
             self._on_progress()
-        return hashes if hashes.size_bytes else None
+        return hashed if hashes.size_bytes else None
+
+    def _batches_of(
+        self, group: list[tuple[str, _Hashed]]
+    ) -> Iterator[Batch[tuple[str, ...]]]:
+        paths = tuple(path for path, _ in group)
+        for algorithm in FILE_ALGORITHMS:
+            packed = b"".join(hashes.digest(algorithm) for _, (hashes, _) in group)
+            yield Batch(algorithm, packed, paths)
+
+        images = [(path, pdq) for path, (_, pdq) in group if pdq and pdq.is_usable]
+        if images and self._sends_pdq():
+            packed = b"".join(pdq.hash for _, pdq in images)
+            yield Batch(Algorithm.PDQ, packed, tuple(path for path, _ in images))
+
+    def _sends_pdq(self) -> bool:
+        """Ask `pdq` once, when the first PDQ batch is ready."""
+        if self._send_pdq is None:
+            self._send_pdq = self._pdq is not None and self._pdq()
+        return self._send_pdq
 
     def _note_problem(self, message: str) -> None:
         with self._lock:
@@ -201,15 +244,6 @@ def _walk_tree(
                 pending.append((entry.path, entry_info))
             elif stat.S_ISREG(entry_info.st_mode) and entry_info.st_size:
                 yield entry.path
-
-
-def _batches_of(
-    group: list[tuple[str, FileHashes]],
-) -> Iterator[Batch[tuple[str, ...]]]:
-    paths = tuple(path for path, _ in group)
-    for algorithm in FILE_ALGORITHMS:
-        packed = b"".join(hashes.digest(algorithm) for _, hashes in group)
-        yield Batch(algorithm, packed, paths)
 
 
 def _unreadable(path: str, error: OSError) -> str:

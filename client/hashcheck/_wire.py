@@ -5,6 +5,9 @@ its distinct provenances. Decoding checks the reply against the batch it
 answers (count, positions, provenance indexes) and builds one `Hit` per hit,
 sharing the decoded provenance between hits that have the same one.
 
+When the request asked for receipts, each hit also gets its receipt: the
+reply must then carry one per hit, in the same order.
+
 `StreamLedger` keeps the batches of a stream that are still unanswered, in
 the order they were sent, since replies come back in that order, and knows
 whether the whole input was sent.
@@ -27,6 +30,7 @@ from hashcheck._models import (
     Info,
     ListMatch,
 )
+from hashcheck._receipts import Receipt
 from hashcheck.v1 import hashcheck_pb2
 
 __all__ = ["StreamLedger", "check_request", "info_from_reply", "result_from_reply"]
@@ -35,16 +39,27 @@ ContextT = TypeVar("ContextT")
 
 
 def check_request(
-    algorithm: Algorithm, hashes: bytes, sequence: int = 0
+    algorithm: Algorithm,
+    hashes: bytes,
+    sequence: int = 0,
+    want_receipts: bool = False,
+    max_distance: int | None = None,
 ) -> hashcheck_pb2.CheckRequest:
-    """The request for one packed batch."""
+    """The request for one packed batch; `max_distance` is for PDQ only."""
     return hashcheck_pb2.CheckRequest(
-        algorithm=algorithm.proto, hashes=hashes, sequence=sequence
+        algorithm=algorithm.proto,
+        hashes=hashes,
+        sequence=sequence,
+        want_receipts=want_receipts,
+        max_distance=max_distance or 0,
     )
 
 
 def result_from_reply(
-    reply: hashcheck_pb2.CheckReply, algorithm: Algorithm, hashes: bytes
+    reply: hashcheck_pb2.CheckReply,
+    algorithm: Algorithm,
+    hashes: bytes,
+    want_receipts: bool = False,
 ) -> CheckResult:
     """The result for a batch, from the server's reply to it."""
     width = algorithm.width
@@ -52,6 +67,8 @@ def result_from_reply(
     _check_reply_fits(reply, count)
 
     provenances = [_lists_of(provenance) for provenance in reply.provenances]
+    receipts = _receipts_of(reply, want_receipts)
+    distances: list[int | None] = list(reply.hit_distances) or [None] * len(receipts)
     hits = tuple(
         Hit(
             position=position,
@@ -59,9 +76,15 @@ def result_from_reply(
             algorithm=algorithm,
             lists=provenances[provenance],
             generation=reply.generation,
+            receipt=receipt,
+            distance=distance,
         )
-        for position, provenance in zip(
-            reply.hit_positions, reply.hit_provenances, strict=True
+        for position, provenance, receipt, distance in zip(
+            reply.hit_positions,
+            reply.hit_provenances,
+            receipts,
+            distances,
+            strict=True,
         )
     )
     return CheckResult(algorithm, reply.generation, reply.checked, hits)
@@ -84,6 +107,8 @@ def info_from_reply(reply: hashcheck_pb2.Info) -> Info:
         generation_committed_at=reply.generation_committed_at,
         algorithms=algorithms,
         max_batch_hashes=reply.max_batch_hashes,
+        default_max_distance=reply.default_max_distance,
+        max_distance_cap=reply.max_distance_cap,
     )
 
 
@@ -95,7 +120,8 @@ class StreamLedger(Generic[ContextT]):
     between them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, want_receipts: bool = False) -> None:
+        self._want_receipts = want_receipts
         self._lock = threading.Lock()
         self._unanswered: collections.deque[tuple[int, int, Batch[ContextT]]] = (
             collections.deque()
@@ -111,7 +137,9 @@ class StreamLedger(Generic[ContextT]):
             self._unanswered.append((sequence, self._next_offset, batch))
             self._next_sequence += 1
             self._next_offset += batch.count
-        return check_request(batch.algorithm, batch.hashes, sequence)
+        return check_request(
+            batch.algorithm, batch.hashes, sequence, self._want_receipts
+        )
 
     def settle(self, reply: hashcheck_pb2.CheckReply) -> BatchResult[ContextT]:
         """The result for the oldest unanswered batch, which `reply` must answer."""
@@ -129,7 +157,9 @@ class StreamLedger(Generic[ContextT]):
                 f"{sequence} was due; replies must come in request order. "
                 "Report this to the server's operators."
             )
-        result = result_from_reply(reply, batch.algorithm, batch.hashes)
+        result = result_from_reply(
+            reply, batch.algorithm, batch.hashes, self._want_receipts
+        )
         return BatchResult(
             algorithm=result.algorithm,
             generation=result.generation,
@@ -175,11 +205,30 @@ def _check_reply_fits(reply: hashcheck_pb2.CheckReply, count: int) -> None:
         problem = f"names a hit beyond the end of a batch of {count}"
     elif provenance_indexes and max(provenance_indexes) >= len(reply.provenances):
         problem = "points a hit at a provenance it does not hold"
+    elif reply.receipts and len(reply.receipts) != len(positions):
+        problem = "gives hit positions and receipts of different lengths"
+    elif reply.hit_distances and len(reply.hit_distances) != len(positions):
+        problem = "gives hit positions and distances of different lengths"
     if problem is not None:
         raise ProtocolError(
             f"A reply of the server {problem}. Report this to the server's "
             "operators; the batch's result cannot be trusted."
         )
+
+
+def _receipts_of(
+    reply: hashcheck_pb2.CheckReply, want_receipts: bool
+) -> list[Receipt | None]:
+    """Each hit's receipt: None for all unless asked for, and then one for each."""
+    if want_receipts and reply.hit_positions and not reply.receipts:
+        raise ProtocolError(
+            "The server sent no receipts for the hits although they were asked "
+            "for; it may predate receipts. Check again without want_receipts, "
+            "or ask its operators."
+        )
+    if not reply.receipts:
+        return [None] * len(reply.hit_positions)
+    return [Receipt.from_proto(receipt) for receipt in reply.receipts]
 
 
 def _lists_of(provenance: hashcheck_pb2.Provenance) -> tuple[ListMatch, ...]:

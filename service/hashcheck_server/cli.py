@@ -7,7 +7,18 @@
     hashcheck-server retire --data DIR NAME
     hashcheck-server remove --data DIR [--list NAME] [--algorithm ALG] HASH...|-
     hashcheck-server merge  --data DIR
+    hashcheck-server staged --data DIR NAME
+    hashcheck-server promote --data DIR NAME [--into LIVE]
     hashcheck-server demo   --data DIR --samples DIR
+    hashcheck-server serve  --follow ROOT ...  (a replica; see hashcheck_server.follow)
+    hashcheck-server snapshot --data DIR OUT
+    hashcheck-server pull --from URL --into ROOT
+    hashcheck-server healthcheck --address HOST:PORT
+    hashcheck-server tenant add|list|show|disable|enable|rotate-key|set-limits ...
+    hashcheck-server audit export|prune ...  (see hashcheck_server.tenant_cli)
+    hashcheck-server keys generate|show --data DIR ...  (see provenance_cli)
+    hashcheck-server manifest --data DIR [--out FILE]
+    hashcheck-server manifest verify FILE --public-key KEY
 
 The forms above are driven by scripts outside the project: keep them stable.
 Every command exits 0 on success and 2 with one clear message on error.
@@ -27,12 +38,12 @@ import numpy as np
 
 from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
 from hashcheck._progress import ProgressBar
+from hashcheck_server import cli_ops, config, layout, provenance_cli, tenant_cli
 from hashcheck_server.errors import HashCheckError
 from hashcheck_server.formats import infer_format, read_hash_file
 from hashcheck_server.importer import prepare_entries
 from hashcheck_server.logs import configure_logging
-from hashcheck_server.server import ServerConfig
-from hashcheck_server.servicer import CheckPolicy
+from hashcheck_server.pdq_quality import hold_back_low_quality
 from hashcheck_server.store import HashStore, ImportReport, ListSummary
 
 __all__ = ["main"]
@@ -46,8 +57,9 @@ EXIT_ERROR = 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_format, args.log_level)
     try:
+        logging_settings = config.resolve(args, settings=config.LOGGING_SETTINGS)
+        configure_logging(logging_settings["log_format"], logging_settings["log_level"])
         result: int = args.run(args)
         return result
     except HashCheckError as error:
@@ -62,10 +74,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="hashcheck-server",
         description="Serve and manage the hash lists of a HashCheck hotline.",
     )
-    parser.add_argument(
-        "--log-format", choices=("auto", "json", "text"), default="auto"
-    )
-    parser.add_argument("--log-level", default="INFO")
+    # Settings of every command: flag, else $HASHCHECK_LOG_*, else default.
+    config.add_setting_flags(parser, config.LOGGING_SETTINGS, config_file=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_import(commands)
@@ -74,7 +84,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_retire(commands)
     _add_remove(commands)
     _add_merge(commands)
+    _add_promote(commands)
+    _add_staged(commands)
     _add_demo(commands)
+    cli_ops.add_commands(commands)
+    tenant_cli.add_commands(commands)
+    provenance_cli.add_commands(commands)
     return parser
 
 
@@ -83,60 +98,40 @@ def _data_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = commands.add_parser("serve", help="answer checks over gRPC")
-    _data_argument(serve)
-    serve.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT")
-    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="server processes sharing the port and table",
+    serve = commands.add_parser(
+        "serve",
+        help="answer checks over gRPC",
+        description="Each setting comes from its flag, else its HASHCHECK_ "
+        "variable, else the config file's [serve] table, else its default.",
     )
-    serve.add_argument("--threads", type=int, default=16, help="gRPC handler threads")
-    serve.add_argument(
-        "--max-batch", type=int, default=1_000_000, help="hashes a request"
-    )
-    serve.add_argument(
-        "--reload-interval",
-        type=float,
-        default=1.0,
-        help="seconds between generation polls",
-    )
-    serve.add_argument(
-        "--grace", type=float, default=10.0, help="drain time on SIGTERM"
-    )
-    serve.add_argument(
-        "--reveal-counts",
-        action="store_true",
-        help="include table sizes in GetInfo (for operators' own deployments)",
-    )
+    config.add_setting_flags(serve, config.SERVE_FLAG_SETTINGS)
     serve.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from hashcheck_server.access import check_start
     from hashcheck_server.server import serve_until_signalled
     from hashcheck_server.workers import supervise_workers
 
-    if args.workers < 1:
-        raise HashCheckError("--workers must be at least 1.")
-    config = ServerConfig(
-        data=args.data,
-        listen=args.listen,
-        metrics_port=args.metrics_port,
-        threads=args.threads,
-        reload_interval_seconds=args.reload_interval,
-        grace_seconds=args.grace,
-        policy=CheckPolicy(
-            max_batch_hashes=args.max_batch, reveal_counts=args.reveal_counts
-        ),
-    )
-    if args.workers == 1:
-        serve_until_signalled(config)
+    effective = config.resolve(args)
+    server_config = config.server_config(effective)
+    config.log_start(effective)
+    workers = effective["workers"]
+    if workers == 1:
+        serve_until_signalled(server_config)
     else:
         # Fail here, once and clearly, rather than in every worker.
-        HashStore.open(args.data, readonly=True).close()
-        supervise_workers(config, args.workers, args.log_format, args.log_level)
+        if not server_config.follow:
+            HashStore.open(server_config.data, readonly=True).close()
+        check_start(
+            server_config.data,
+            server_config.follow,
+            server_config.listen,
+            server_config.access,
+        )
+        supervise_workers(
+            server_config, workers, effective["log_format"], effective["log_level"]
+        )
     return EXIT_OK
 
 
@@ -147,10 +142,12 @@ def _add_import(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--list", required=True, dest="list_name", help="the list's name"
     )
     command.add_argument(
-        "--algorithm", type=Algorithm.from_name, help="md5, sha1 or sha256"
+        "--algorithm", type=Algorithm.from_name, help="md5, sha1, sha256 or pdq"
     )
     command.add_argument(
-        "--format", choices=("text", "csv", "vics"), help="default: by name"
+        "--format",
+        choices=("text", "csv", "icse", "vics", "ncmec"),
+        help="default: by the file name (.csv, .json, .xml; else text)",
     )
     command.add_argument(
         "--category", default="", help="category of records that give none"
@@ -165,9 +162,26 @@ def _add_import(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--replace", action="store_true", help="the list becomes exactly this file"
     )
     command.add_argument(
+        "--allow",
+        action="store_true",
+        help="an allow list of known-benign hashes, which never hit",
+    )
+    command.add_argument(
+        "--staged",
+        action="store_true",
+        help="store the list without serving it until `promote`",
+    )
+    command.add_argument(
         "--rebuild",
         action="store_true",
         help="merge the delta into the base table now (default: only when large)",
+    )
+    command.add_argument(
+        "--min-quality",
+        type=int,
+        metavar="N",
+        help="PDQ: hold back hashes whose quality score is below N (the field "
+        "uses 50); hashes without a score are kept",
     )
     command.add_argument("file", help="the file to import, or - for standard input")
     command.set_defaults(run=_run_import)
@@ -192,6 +206,9 @@ def _run_import(args: argparse.Namespace) -> int:
     finally:
         progress.close()
 
+    quality = None
+    if args.min_quality is not None:
+        parsed, quality = hold_back_low_quality(parsed, args.min_quality)
     prepared = prepare_entries(parsed, args.category)
     with HashStore.open(args.data, create=True) as store:
         report = store.import_entries(
@@ -201,8 +218,14 @@ def _run_import(args: argparse.Namespace) -> int:
             description=args.description,
             replace=args.replace,
             rebuild=args.rebuild,
+            kind=layout.ALLOW if args.allow else layout.BLOCK,
+            staged=args.staged,
+            withdrawals=prepared.withdrawals,
+            record_ids=prepared.record_ids,
         )
     _print_import_report(report, parsed.records, prepared.dropped_empty_file)
+    if quality is not None:
+        print(f"  {quality.describe()}")
     return EXIT_OK
 
 
@@ -228,6 +251,7 @@ def _print_import_report(
         print(
             f"  {algorithm.value}: {part.added} added, {part.updated} updated, "
             f"{part.unchanged} unchanged, {part.removed} removed, "
+            f"{part.held_back} held back as allow-listed, "
             f"{empty} empty-file hash(es) dropped; table holds {part.table_hashes}"
         )
     print(f"  took {report.seconds:.1f} s")
@@ -356,6 +380,38 @@ def _group_hex(
         chosen: np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(-1, chosen.width)
         for chosen, raw in grouped.items()
     }
+
+
+def _add_promote(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser("promote", help="serve a staged list")
+    _data_argument(command)
+    command.add_argument("name", help="the staged list")
+    command.add_argument("--into", help="fold it into this live list instead")
+    command.set_defaults(run=_run_promote)
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    with HashStore.open(args.data) as store:
+        generation = store.promote(args.name, into=args.into)
+    target = f" into {args.into}" if args.into else ""
+    print(f"promoted {args.name}{target}: generation {generation}")
+    return EXIT_OK
+
+
+def _add_staged(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "staged", help="a staged list's overlap with the allow and live lists"
+    )
+    _data_argument(command)
+    command.add_argument("name")
+    command.set_defaults(run=_run_staged)
+
+
+def _run_staged(args: argparse.Namespace) -> int:
+    with HashStore.open(args.data, readonly=True) as store:
+        overlap = store.staged_overlap(args.name)
+    print(json.dumps({a.value: counts for a, counts in overlap.items()}, indent=2))
+    return EXIT_OK
 
 
 def _add_merge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,8 +1,8 @@
 """The content digest of a generation: one SHA-256 over what its lookups answer.
 
-Two replicas serve the same answers exactly when they hold the same rows and
-the same memberships, whatever their generation numbers, LMDB page layout or
-list metadata. The digest is computed over just that, inside the write
+Two replicas serve the same answers when they hold the same rows, the same
+memberships and the same lists, whatever their generation numbers, LMDB
+page layout or import times. The digest is computed over just that, inside the write
 transaction that commits a generation (so it always describes the data beside
 it in the generation record), and servers report it in GetInfo, in their
 switch log line and in the `hashcheck_generation_info` metric.
@@ -14,7 +14,10 @@ two different stores can produce the same byte stream:
    hashcheck_server.layout), in LMDB key order: ``b"rows"``, the key, then the
    rows, sorted and unique within the part;
 2. every membership bitmap, in LMDB key order (algorithm, list, category):
-   ``b"member"``, the key, then the bitmap's rows as little-endian uint32.
+   ``b"member"``, the key, then the bitmap's rows as little-endian uint32;
+3. every list record, in name order: ``b"list"``, the name, then the record
+   as canonical JSON without its timestamps (``*_at``): its kind and state
+   decide whether its memberships hit, while when it was imported does not.
 
 The bitmap's rows are hashed rather than its serialized form, because roaring
 may encode one set of rows in more than one way. Equal digests mean equal
@@ -29,6 +32,7 @@ an empty digest for it until its next change.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -52,6 +56,14 @@ def content_digest(environment: layout.Environment, transaction: Any) -> str:
         bitmap = BitMap.deserialize(bytes(value))
         rows = np.frombuffer(bitmap.to_array(), dtype=np.uint32).astype("<u4")
         _update(digest, b"member", bytes(key), rows.tobytes())
+    for key, value in transaction.cursor(db=environment.lists):
+        record = {
+            name: field
+            for name, field in json.loads(bytes(value)).items()
+            if not name.endswith("_at")
+        }
+        canonical = json.dumps(record, sort_keys=True).encode()
+        _update(digest, b"list", bytes(key), canonical)
     return digest.hexdigest()
 
 

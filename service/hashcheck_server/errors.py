@@ -3,12 +3,22 @@
     HashCheckError                  base of everything raised on purpose
     ├── BadRequest                  the caller sent something wrong (INVALID_ARGUMENT)
     ├── NotReady                    no generation is loaded yet (UNAVAILABLE)
+    ├── AccessRefused               not for this caller, or not now
+    │   ├── Unauthenticated         no key, or an unknown one (UNAUTHENTICATED)
+    │   ├── Forbidden               a disabled tenant (PERMISSION_DENIED)
+    │   └── OverLimit               over rate or streams (RESOURCE_EXHAUSTED)
+    ├── UnsafeListen                no tenants, a non-loopback address, no opt-out
+    ├── ReceiptsUnavailable         receipts asked of a server without a signing key
+    │                               (FAILED_PRECONDITION)
+    ├── SigningKeyError             the signing key file cannot be made or read
     ├── ImportRejected              an import file cannot be used; nothing was committed
     │   └── MalformedInput          lines that cannot be read, each with its reason
     └── StoreError                  the data directory cannot be used
         ├── StoreFull               the disk or LMDB map is full (RESOURCE_EXHAUSTED)
         ├── StoreCorrupt            the directory is not a HashCheck store, or damaged
-        └── UnknownList             a list name that the store does not hold
+        ├── UnknownList             a list name that the store does not hold
+        ├── UnknownTenant           a tenant name that the store does not hold
+        └── AuditFailed             a hit could not be recorded (UNAVAILABLE)
 
 Messages are whole sentences that say what to do next. They never contain a
 hash that a client sent, nor anything of the lists beyond what the caller named.
@@ -19,16 +29,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AccessRefused",
+    "AuditFailed",
     "BadRequest",
+    "Forbidden",
     "HashCheckError",
     "ImportRejected",
     "MalformedInput",
     "NotReady",
+    "OverLimit",
     "Problem",
+    "ReceiptsUnavailable",
+    "SigningKeyError",
     "StoreCorrupt",
     "StoreError",
     "StoreFull",
+    "Unauthenticated",
     "UnknownList",
+    "UnknownTenant",
+    "UnsafeListen",
 ]
 
 
@@ -42,6 +61,38 @@ class BadRequest(HashCheckError):
 
 class NotReady(HashCheckError):
     """The server has no generation loaded yet; the caller should retry."""
+
+
+class AccessRefused(HashCheckError):
+    """A call refused because of who makes it, before any lookup runs."""
+
+
+class Unauthenticated(AccessRefused):
+    """No API key, or one the server does not know or that has expired."""
+
+
+class Forbidden(AccessRefused):
+    """A known key whose tenant may not make calls now (it is disabled)."""
+
+
+class OverLimit(AccessRefused):
+    """Over the tenant's rate or stream limit; `retry_after_seconds` says when."""
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class UnsafeListen(HashCheckError):
+    """A server without tenants asked to listen beyond loopback, without opt-out."""
+
+
+class ReceiptsUnavailable(HashCheckError):
+    """Receipts were asked for, but this server has no key to sign them with."""
+
+
+class SigningKeyError(HashCheckError):
+    """The hotline's signing key file is missing, unreadable, or would be replaced."""
 
 
 class ImportRejected(HashCheckError):
@@ -89,3 +140,11 @@ class StoreCorrupt(StoreError):
 
 class UnknownList(StoreError):
     """A list name that the store does not hold."""
+
+
+class UnknownTenant(StoreError):
+    """A tenant name that the store does not hold."""
+
+
+class AuditFailed(StoreError):
+    """A hit could not be written to the audit log, so it is not reported."""

@@ -10,12 +10,17 @@ hashcheck_server.serving).
 Membership: for each algorithm, every (list, category) pair has a roaring
 bitmap of the table rows graded so by that list. A row on no list is dead: it
 stays in the table until the next rebuild compacts it away, and never hits.
+
+PDQ is matched within a Hamming distance instead of exactly: its rows are
+found by the near-duplicate index (hashcheck_server.pdq_index), then named
+by the same provenance step, so lists, allow lists and dead rows work alike.
+A hit then carries its distance, and a checked hash may hit several rows.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +29,7 @@ import numpy.typing as npt
 from pyroaring import BitMap
 
 from hashcheck._algorithms import Algorithm
-from hashcheck_server import layout
+from hashcheck_server import layout, pdq_index
 from hashcheck_server.lookup import LayeredTable, SortedTable
 
 __all__ = ["Generation", "ListMatch", "Membership", "TableHits"]
@@ -54,12 +59,18 @@ class TableHits:
 
     `provenance_of[i]` indexes `provenances` for the hit at `positions[i]`;
     hits with the same lists and categories share one provenance.
+
+    PDQ: `distances[i]` is the Hamming distance of hit i. A position appears
+    once per matching known hash, nearest first. Empty for exact algorithms.
     """
 
     generation: int
     positions: npt.NDArray[np.intp]
     provenance_of: npt.NDArray[np.intp]
     provenances: tuple[tuple[ListMatch, ...], ...]
+    distances: npt.NDArray[np.intp] = field(
+        default_factory=lambda: np.empty(0, dtype=np.intp)
+    )
 
     @property
     def count(self) -> int:
@@ -69,7 +80,12 @@ class TableHits:
 @dataclass
 class _AlgorithmState:
     table: LayeredTable
+    #: Memberships of live block lists: the only ones that produce hits.
     memberships: list[Membership] = field(default_factory=list)
+    #: Rows on a live allow list: known-benign hashes, which never hit.
+    allowed: BitMap = field(default_factory=BitMap)
+    #: PDQ: the near-duplicate index over the table's rows.
+    near: pdq_index.LayeredNearIndex | None = None
 
 
 class Generation:
@@ -96,8 +112,12 @@ class Generation:
         transaction = environment.read()
         try:
             record = layout.read_generation_record(environment, transaction)
+            lists = {
+                list_record.name: list_record
+                for list_record in layout.read_list_records(environment, transaction)
+            }
             states = {
-                algorithm: _load_algorithm(environment, transaction, algorithm)
+                algorithm: _load_algorithm(environment, transaction, algorithm, lists)
                 for algorithm in layout.stored_algorithms(environment, transaction)
             }
         except BaseException:
@@ -116,42 +136,59 @@ class Generation:
         state = self._states.get(algorithm)
         if state is None:
             return 0
-        live = (
-            BitMap.union(*(m.rows for m in state.memberships))
-            if state.memberships
-            else BitMap()
-        )
-        return len(live)
+        live = BitMap.union(BitMap(), *(m.rows for m in state.memberships))
+        return len(live - state.allowed)
 
     def table_rows(self, algorithm: Algorithm) -> int:
         """Rows of the algorithm's table, dead ones included (until a merge)."""
         state = self._states.get(algorithm)
         return 0 if state is None else state.table.count
 
-    def check(self, algorithm: Algorithm, batch: bytes) -> TableHits:
-        """The hits among a packed batch of hashes of one algorithm."""
+    def check(
+        self,
+        algorithm: Algorithm,
+        batch: bytes,
+        *,
+        max_distance: int | None = None,
+        visible: Callable[[ListMatch], bool] | None = None,
+    ) -> TableHits:
+        """The hits among a packed batch of hashes of one algorithm.
+
+        PDQ hashes hit known hashes within `max_distance` (default 31); each
+        gets its nearest few (pdq_index.NEAREST_MATCHES) live matches.
+        With `visible` (a tenant's lists and categories), memberships it
+        rejects are skipped: a hash only on those is no hit, and a hit names
+        only the memberships it accepts.
+        """
         state = self._states.get(algorithm)
         if state is None:
             return self._no_hits()
+        if state.near is not None:
+            return self._check_near(state, batch, max_distance, visible)
 
         matches = state.table.find(batch)
         if matches.positions.size == 0:
             return self._no_hits()
-        return self._attach_provenance(state, matches.positions, matches.rows)
+        return self._attach_provenance(state, matches.positions, matches.rows, visible)
 
     def _attach_provenance(
         self,
         state: _AlgorithmState,
         positions: npt.NDArray[np.intp],
         rows: npt.NDArray[np.intp],
+        visible: Callable[[ListMatch], bool] | None = None,
     ) -> TableHits:
         """Name the lists of each found row; rows on no list are not hits."""
         found_rows = BitMap(rows.astype(np.uint32))
+        if state.allowed:
+            found_rows -= state.allowed
         # flags[i, k]: is rows[i] in membership k? One column per membership
         # that any found row is in, so the matrix stays as small as the hits.
         columns: list[ListMatch] = []
         flag_columns: list[npt.NDArray[np.bool_]] = []
         for membership in state.memberships:
+            if visible is not None and not visible(membership.match):
+                continue
             shared = found_rows & membership.rows
             if shared:
                 members = np.frombuffer(shared.to_array(), dtype=np.uint32)
@@ -170,6 +207,38 @@ class Generation:
             self.number, positions[is_hit], provenance_of.reshape(-1), provenances
         )
 
+    def _check_near(
+        self,
+        state: _AlgorithmState,
+        batch: bytes,
+        max_distance: int | None,
+        visible: Callable[[ListMatch], bool] | None,
+    ) -> TableHits:
+        """PDQ: every known hash within the distance, then the usual provenance.
+
+        Provenance is attached to each (hash, known row) pair, found by its
+        index; pairs on no live list drop out before the nearest are chosen.
+        """
+        assert state.near is not None
+        if max_distance is None:
+            max_distance = pdq_index.DEFAULT_MAX_DISTANCE
+        near = state.near.search(batch, max_distance)
+        if near.count == 0:
+            return self._no_hits()
+
+        pairs = np.arange(near.count, dtype=np.intp)
+        hits = self._attach_provenance(state, pairs, near.rows, visible)
+        chosen = np.flatnonzero(_nearest(near.positions[hits.positions]))
+        kept = hits.positions[chosen]
+        used, provenance_of = np.unique(hits.provenance_of[chosen], return_inverse=True)
+        return TableHits(
+            self.number,
+            near.positions[kept],
+            provenance_of.reshape(-1),
+            tuple(hits.provenances[k] for k in used.tolist()),
+            near.distances[kept],
+        )
+
     def _no_hits(self) -> TableHits:
         empty = np.empty(0, dtype=np.intp)
         return TableHits(self.number, empty, empty, ())
@@ -180,19 +249,45 @@ class Generation:
         self._transaction.abort()
 
 
+def _nearest(positions: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
+    """Which of ascending positions are among the first NEAREST_MATCHES of theirs."""
+    if positions.size == 0:
+        return np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]])
+    first_of_run = np.repeat(starts, np.diff(np.r_[starts, positions.size]))
+    rank = np.arange(positions.size) - first_of_run
+    kept: npt.NDArray[np.bool_] = rank < pdq_index.NEAREST_MATCHES
+    return kept
+
+
 def _load_algorithm(
-    environment: layout.Environment, transaction: Any, algorithm: Algorithm
+    environment: layout.Environment,
+    transaction: Any,
+    algorithm: Algorithm,
+    lists: dict[str, layout.ListRecord],
 ) -> _AlgorithmState:
     parts = []
+    near_parts = []
     for part in layout.TABLE_PARTS:
         mapped = layout.map_table_part(environment, transaction, algorithm, part)
         if mapped is not None:
             rows, index = mapped
             parts.append(SortedTable(rows, index, algorithm.width))
-    memberships = [
-        Membership(ListMatch(name, category), bitmap)
-        for name, category, bitmap in layout.read_memberships(
-            environment, transaction, algorithm
-        )
-    ]
-    return _AlgorithmState(LayeredTable(parts), memberships)
+            if algorithm in pdq_index.NEAR_ALGORITHMS:
+                near_parts.append(
+                    layout.map_near_part(
+                        environment, transaction, algorithm, part, rows
+                    )
+                )
+    state = _AlgorithmState(LayeredTable(parts))
+    if algorithm in pdq_index.NEAR_ALGORITHMS:
+        state.near = pdq_index.LayeredNearIndex(near_parts)
+    for name, category, bitmap in layout.read_memberships(
+        environment, transaction, algorithm
+    ):
+        list_record = lists.get(name)
+        if list_record is None or list_record.is_live_block:
+            state.memberships.append(Membership(ListMatch(name, category), bitmap))
+        elif list_record.is_live_allow:
+            state.allowed |= bitmap
+    return state

@@ -17,7 +17,7 @@ import numpy as np
 
 from hashcheck._algorithms import Algorithm
 from hashcheck_server.formats import ParsedFile, ParsedHashes
-from hashcheck_server.store import Entries
+from hashcheck_server.store import Entries, Withdrawals
 
 __all__ = ["PreparedImport", "prepare_entries"]
 
@@ -30,11 +30,18 @@ class PreparedImport:
 
     entries: list[Entries] = field(default_factory=list)
     dropped_empty_file: dict[Algorithm, int] = field(default_factory=dict)
+    withdrawals: Withdrawals = field(default_factory=Withdrawals)
+    record_ids: dict[str, tuple[tuple[Algorithm, bytes], ...]] = field(
+        default_factory=dict
+    )
 
 
 def prepare_entries(parsed: ParsedFile, default_category: str = "") -> PreparedImport:
     """Entries for every algorithm of a parsed file."""
-    prepared = PreparedImport()
+    prepared = PreparedImport(
+        withdrawals=Withdrawals(dict(parsed.withdrawn), parsed.withdrawn_ids),
+        record_ids=dict(parsed.record_ids),
+    )
     for algorithm, part in parsed.by_algorithm.items():
         entries, dropped = _prepare_algorithm(part, default_category)
         prepared.entries.append(entries)

@@ -17,10 +17,31 @@ Named databases and their records:
   ``<alg>/delta/...``: hashes added since the base was rebuilt. Delta rows
   are numbered after the base's (row = base count + delta row), and no hash
   is in both parts.
+  PDQ parts also hold their near-duplicate index (hashcheck_server.pdq_index):
+    ``pdq/near/header``   JSON {"scheme", "count"}
+    ``pdq/near/buckets``  (16, 65537) little-endian uint32: per 16-bit slot,
+                          where each slot value's rows start in its list
+    ``pdq/near/slotNN``   count uint32 rows, ordered by slot NN's value
+  (``pdq/delta/near/...`` for the delta), written and deleted with the part.
 - ``members``: ``<alg> NUL <list> NUL <category>`` -> a serialized roaring
   bitmap of the rows of <alg>'s table that <list> grades <category>.
 - ``lists``: ``<list>`` -> JSON {"name", "source", "description",
-  "created_at", "updated_at"}.
+  "created_at", "updated_at", "kind", "state"}: kind "block" (its hashes hit)
+  or "allow" (known-benign hashes that never hit), state "live" or "staged"
+  (stored, shown to operators, not served until promoted).
+- ``records``: ``<list> NUL <record id>`` -> JSON [[algorithm, hex], ...]: the
+  hashes an entry with an id brought (NCMEC entries), so that a later
+  tombstone naming only the id can withdraw them.
+- ``tenants`` (hashcheck_server.tenants, opened there on first use):
+  ``tenant/<name>`` -> JSON of the admitted company: lists, categories,
+  limits, flags and its API keys as {"key_id", "digest"} (an HMAC, never the
+  key); ``secret`` -> the 32-byte HMAC key; ``version`` -> JSON {"number",
+  "changed_at"}, bumped by every tenant change. A tenant change also writes a
+  new generation record (same digest), so snapshots carry it to replicas.
+
+The audit log of hits is not here but in its own environment, ``audit/``
+below the data directory by default (hashcheck_server.audit), so that
+recording a hit never waits for an import's write transaction.
 
 Large values are stored whole, so LMDB keeps each in contiguous overflow pages
 and a read transaction can hand out a view of it without copying. Everything a
@@ -44,7 +65,9 @@ import numpy.typing as npt
 from pyroaring import BitMap
 
 from hashcheck._algorithms import Algorithm
+from hashcheck_server import pdq_index
 from hashcheck_server.errors import StoreCorrupt, StoreError, StoreFull
+from hashcheck_server.integrity import disk_is_full, require_complete_data_file
 from hashcheck_server.table import TableIndex, build_index
 
 __all__ = [
@@ -81,6 +104,17 @@ class TableHeader:
     directory_bits: int
 
 
+#: What a list is for. Block lists produce hits; an allow list holds hashes
+#: known to be benign, which never hit and are held back from block imports.
+BLOCK = "block"
+ALLOW = "allow"
+
+#: Whether a list is served. A staged list is stored but produces no hits
+#: until an operator promotes it.
+LIVE = "live"
+STAGED = "staged"
+
+
 @dataclass(frozen=True)
 class ListRecord:
     name: str
@@ -88,6 +122,16 @@ class ListRecord:
     description: str
     created_at: float
     updated_at: float
+    kind: str = BLOCK
+    state: str = LIVE
+
+    @property
+    def is_live_block(self) -> bool:
+        return self.kind == BLOCK and self.state == LIVE
+
+    @property
+    def is_live_allow(self) -> bool:
+        return self.kind == ALLOW and self.state == LIVE
 
 
 class Environment:
@@ -107,7 +151,7 @@ class Environment:
             self.lmdb = lmdb.open(
                 str(self.path),
                 map_size=map_size,
-                max_dbs=8,
+                max_dbs=16,
                 readonly=readonly,
                 create=create,
                 # Lookups jump around the tables; read-ahead would only fill
@@ -115,10 +159,13 @@ class Environment:
                 readahead=False,
                 max_readers=512,
             )
+            # Before any page is read: a truncated file would SIGBUS here.
+            require_complete_data_file(self.lmdb, self.path)
             self.meta = self._open_db(b"meta", readonly)
             self.tables = self._open_db(b"tables", readonly)
             self.members = self._open_db(b"members", readonly)
             self.lists = self._open_db(b"lists", readonly)
+            self.records = self._open_db(b"records", readonly)
             self._check_format(create and not readonly)
         except lmdb.Error as error:
             raise translate_lmdb_error(error, self.path) from error
@@ -140,7 +187,12 @@ class Environment:
             )
 
     def _open_db(self, name: bytes, readonly: bool) -> Any:
-        return self.lmdb.open_db(name, create=not readonly)
+        try:
+            return self.lmdb.open_db(name, create=not readonly)
+        except lmdb.NotFoundError:
+            # A read-only open of a store written before this database existed:
+            # an empty database in memory stands in for it.
+            return None
 
     def _check_format(self, initialize: bool) -> None:
         with self.lmdb.begin(write=initialize) as transaction:
@@ -178,6 +230,7 @@ def translate_lmdb_error(error: Exception, path: Path) -> StoreError:
     if (
         isinstance(error, lmdb.DiskError)
         or getattr(error, "errno", None) == errno.ENOSPC
+        or disk_is_full(path)
     ):
         return StoreFull(
             f"The disk holding {path} is full; nothing was changed and the "
@@ -221,6 +274,11 @@ def directory_key(algorithm: Algorithm, part: str = BASE) -> bytes:
 
 def header_key(algorithm: Algorithm, part: str = BASE) -> bytes:
     return _part_key(algorithm, part, "header")
+
+
+def near_key(algorithm: Algorithm, part: str, name: str) -> bytes:
+    """A value of a part's near-duplicate index; `name` is from pdq_index."""
+    return _part_key(algorithm, part, name)
 
 
 def membership_key(algorithm: Algorithm, list_name: str, category: str) -> bytes:
@@ -331,6 +389,9 @@ def write_table_part(
         json.dumps(asdict(header)).encode(),
         db=tables,
     )
+    if algorithm in pdq_index.NEAR_ALGORITHMS:
+        for name, value in pdq_index.near_index_values(rows):
+            transaction.put(near_key(algorithm, part, name), value, db=tables)
 
 
 def delete_table_part(
@@ -341,8 +402,25 @@ def delete_table_part(
         filter_key(algorithm, part),
         directory_key(algorithm, part),
         header_key(algorithm, part),
+        *(near_key(algorithm, part, name) for name in pdq_index.VALUE_NAMES),
     ):
         transaction.delete(key, db=environment.tables)
+
+
+def map_near_part(
+    environment: Environment,
+    transaction: Any,
+    algorithm: Algorithm,
+    part: str,
+    rows: npt.NDArray[np.uint8],
+) -> pdq_index.NearIndex:
+    """A part's near-duplicate index over its mapped rows, zero-copy."""
+
+    def read(name: str) -> Any:
+        return transaction.get(near_key(algorithm, part, name), db=environment.tables)
+
+    where = f"{environment.path}: the {algorithm.value} {part} table"
+    return pdq_index.map_near_index(rows, read, where)
 
 
 def read_memberships(

@@ -16,11 +16,23 @@ import time
 __all__ = ["configure_logging"]
 
 
+#: Attributes every LogRecord has; anything else came in `extra=` and is a field.
+_RECORD_ATTRIBUTES = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
+) | {"message", "asctime", "taskName"}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, and any traceback."""
+    """One JSON object a line: time, level, logger, message, and any traceback.
+
+    Fields passed as `extra=` (such as `event`, which names operator events:
+    `server_started`, `configuration`, `generation_switch`, `call_refused`)
+    are added to the object, so collectors can select events without parsing
+    messages.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -28,9 +40,12 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "process": record.process,
         }
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_ATTRIBUTES and name not in entry:
+                entry[name] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
 
 
 def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:

@@ -5,9 +5,10 @@ Lifecycle of `serve`:
 1. open the data directory and map the committed generation (a clear error
    and exit if the directory is not a HashCheck store);
 2. start the gRPC server with health NOT_SERVING, then flip it to SERVING
-   once the generation is mapped and the port is bound;
+   once a generation is mapped (a follower may wait for its first snapshot);
 3. watch for new generations and switch to them while serving;
-4. on SIGTERM or SIGINT: health NOT_SERVING, refuse new calls, let the calls
+4. on SIGTERM or SIGINT: health NOT_SERVING, keep answering for the drain
+   delay (so that load balancers move away), refuse new calls, let the calls
    in flight finish within the grace period, then close the store and exit.
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +31,25 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server import layout
+from hashcheck_server.access import AccessConfig, AccessControl
+from hashcheck_server.errors import NotReady
+from hashcheck_server.follow import SnapshotFollower
 from hashcheck_server.generation import Generation
 from hashcheck_server.metrics import ServerMetrics
 from hashcheck_server.servicer import SERVED_ALGORITHMS, CheckPolicy, HashCheckServicer
 from hashcheck_server.serving import GenerationKeeper
+from hashcheck_server.signing import server_signing_key
 
 __all__ = ["RunningServer", "ServerConfig", "start_server"]
 
 logger = logging.getLogger(__name__)
 
 _SERVICE_NAME = hashcheck_pb2.DESCRIPTOR.services_by_name["HashCheck"].full_name
+#: A health "service" that is SERVING as long as the process answers at all,
+#: for liveness probes: readiness ("" or hashcheck.v1.HashCheck) is
+#: NOT_SERVING while a replica waits for its first snapshot, which is no
+#: reason to restart it.
+LIVENESS_SERVICE = "liveness"
 
 #: Room for the protobuf framing around the largest batch.
 _MESSAGE_OVERHEAD_BYTES = 64 * 1024
@@ -57,6 +69,16 @@ class ServerConfig:
     #: Off for a single process, so that a port already taken is an error.
     reuse_port: bool = False
     policy: CheckPolicy = field(default_factory=CheckPolicy)
+    #: `data` is a snapshot root to follow (hashcheck_server.follow), not a store.
+    follow: bool = False
+    #: On SIGTERM, report NOT_SERVING this long before refusing calls, so that
+    #: load balancers and readiness probes move traffic away first.
+    drain_delay_seconds: float = 0.0
+    #: Tenants' keys, TLS and the audit (hashcheck_server.access).
+    access: AccessConfig = field(default_factory=AccessConfig)
+    #: The receipt signing key; None: `data`/signing-key.pem if it exists
+    #: (hashcheck_server.signing). Without a key, receipts are refused.
+    signing_key_file: Path | None = None
 
 
 class RunningServer:
@@ -67,15 +89,21 @@ class RunningServer:
         server: grpc.Server,
         port: int,
         keeper: GenerationKeeper,
-        environment: layout.Environment,
+        environment: layout.Environment | None,
         health_servicer: health.HealthServicer,
         registry: CollectorRegistry,
+        drain_delay_seconds: float = 0.0,
+        access: AccessControl | None = None,
     ) -> None:
         self.port = port
         self.registry = registry
+        #: Tenants, interceptor and audit; closed after the calls have drained.
+        self.access = access
         #: The open data directory. LMDB allows one environment per path and
         #: process, so code in the same process must change lists through it.
+        #: None for a follower, whose keeper opens each snapshot itself.
         self.environment = environment
+        self._drain_delay_seconds = drain_delay_seconds
         self._server = server
         self._keeper = keeper
         self._environment = environment
@@ -94,9 +122,13 @@ class RunningServer:
             "draining: refusing new calls, %s s for calls in flight", grace_seconds
         )
         self._health.enter_graceful_shutdown()
+        time.sleep(self._drain_delay_seconds)
         self._server.stop(grace_seconds).wait()
         self._keeper.stop()
-        self._environment.close()
+        if self.access is not None:
+            self.access.close()
+        if self._environment is not None:
+            self._environment.close()
         logger.info("stopped")
         self._stopped.set()
 
@@ -106,33 +138,38 @@ def start_server(
 ) -> RunningServer:
     """Open the store, map its generation and start answering on config.listen."""
     registry = registry or CollectorRegistry()
+    # First, so that a bad key file fails before anything is opened.
+    signing_key = server_signing_key(config.data, config.signing_key_file)
     metrics = ServerMetrics(registry)
-    environment = layout.Environment(config.data)
-    keeper = GenerationKeeper(
-        environment, on_switch=lambda g: _record_switch(metrics, g)
-    )
-
-    server = _grpc_server(config)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    environment, keeper = _open_keeper(
+        config, lambda g: _record_switch(metrics, health_servicer, g)
+    )
+    access = _start_access(config, environment, metrics)
+
+    server = _grpc_server(config, access)
     hashcheck_pb2_grpc.add_HashCheckServicer_to_server(
-        HashCheckServicer(keeper, metrics, config.policy), server
+        HashCheckServicer(
+            keeper, metrics, config.policy, access.audit, signing_key=signing_key
+        ),
+        server,
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
-    port = server.add_insecure_port(config.listen)
+    port = access.bind(server, config.listen)
     if port == 0:
         raise OSError(
             f"Cannot listen on {config.listen}: the address is taken or invalid."
         )
     server.start()
 
-    keeper.load_current()
+    _map_first_generation(config, keeper)
     keeper.start_watching(config.reload_interval_seconds)
-    _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_port is not None:
         start_http_server(
             config.metrics_port, addr=_host_of(config.listen), registry=registry
@@ -144,7 +181,16 @@ def start_server(
         config.data,
         config.metrics_port or "off",
     )
-    return RunningServer(server, port, keeper, environment, health_servicer, registry)
+    return RunningServer(
+        server,
+        port,
+        keeper,
+        environment,
+        health_servicer,
+        registry,
+        config.drain_delay_seconds,
+        access,
+    )
 
 
 def serve_until_signalled(config: ServerConfig) -> None:
@@ -162,7 +208,28 @@ def serve_until_signalled(config: ServerConfig) -> None:
     running.wait()
 
 
-def _grpc_server(config: ServerConfig) -> grpc.Server:
+def _start_access(
+    config: ServerConfig,
+    environment: layout.Environment | None,
+    metrics: ServerMetrics,
+) -> AccessControl:
+    """Tenants, audit and TLS; the store is closed again if they cannot start."""
+    try:
+        return AccessControl.start(
+            config.access,
+            data=config.data,
+            listen=config.listen,
+            environment=environment,
+            metrics=metrics,
+            reload_interval_seconds=config.reload_interval_seconds,
+        )
+    except BaseException:
+        if environment is not None:
+            environment.close()
+        raise
+
+
+def _grpc_server(config: ServerConfig, access: AccessControl) -> grpc.Server:
     largest_message = (
         config.policy.max_batch_hashes * max(a.width for a in SERVED_ALGORITHMS)
         + _MESSAGE_OVERHEAD_BYTES
@@ -174,6 +241,7 @@ def _grpc_server(config: ServerConfig) -> grpc.Server:
     ]
     return grpc.server(
         ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
+        interceptors=[access.interceptor],
         options=options,
     )
 
@@ -183,13 +251,35 @@ def _set_health(servicer: health.HealthServicer, status: int) -> None:
     servicer.set(_SERVICE_NAME, status)
 
 
-def _record_switch(metrics: ServerMetrics, generation: Generation) -> None:
-    metrics.generation.set(generation.number)
-    metrics.generation_committed.set(generation.committed_at)
-    for algorithm in generation.algorithms:
-        metrics.table_hashes.labels(algorithm.value).set(
-            generation.hash_count(algorithm)
-        )
+def _open_keeper(
+    config: ServerConfig, on_switch: Callable[[Generation], None]
+) -> tuple[layout.Environment | None, GenerationKeeper]:
+    """The data directory's keeper, or a follower of the snapshot root."""
+    if config.follow:
+        return None, SnapshotFollower(config.data, on_switch=on_switch)
+    environment = layout.Environment(config.data)
+    return environment, GenerationKeeper(environment, on_switch=on_switch)
+
+
+def _map_first_generation(config: ServerConfig, keeper: GenerationKeeper) -> None:
+    try:
+        keeper.load_current()
+    except NotReady:
+        if not config.follow:
+            raise
+        # A replica whose first snapshot has not arrived: it stays NOT_SERVING
+        # and its watcher maps the snapshot as soon as `current` names one.
+        logger.info("waiting for a snapshot in %s", config.data)
+
+
+def _record_switch(
+    metrics: ServerMetrics,
+    health_servicer: health.HealthServicer,
+    generation: Generation,
+) -> None:
+    metrics.record_switch(generation)
+    # Ignored once draining: the health servicer keeps NOT_SERVING then.
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
 
 
 def _host_of(listen: str) -> str:

@@ -5,6 +5,14 @@ Mapping, for every method:
 - BadRequest (wrong width, unknown algorithm, batch too large): INVALID_ARGUMENT
   with a message saying what was wrong;
 - NotReady (no generation mapped yet): UNAVAILABLE, which clients retry;
+- Unauthenticated (no key, or an unknown or expired one): UNAUTHENTICATED;
+- Forbidden (a disabled tenant): PERMISSION_DENIED;
+- OverLimit (the tenant's rate or streams): RESOURCE_EXHAUSTED, with the
+  delay in a `retry-after-ms` trailer when one is known (the SDK waits it);
+- AuditFailed (a hit could not be recorded): UNAVAILABLE, and no hit is
+  reported unrecorded;
+- ReceiptsUnavailable (receipts asked of a server without a signing key):
+  FAILED_PRECONDITION, before any lookup;
 - anything else: INTERNAL with a fixed message. The traceback goes to the log,
   never to the caller: grpcio would otherwise send the exception text, and
   internals or list contents must not leave the server.
@@ -16,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -26,18 +35,33 @@ import numpy as np
 from hashcheck._algorithms import Algorithm
 from hashcheck._version import __version__
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
-from hashcheck_server.errors import BadRequest, NotReady
+from hashcheck_server import pdq_index
+from hashcheck_server.audit import AuditLog, entries_for_hits
+from hashcheck_server.caller import Caller, current_caller
+from hashcheck_server.errors import (
+    AccessRefused,
+    AuditFailed,
+    BadRequest,
+    Forbidden,
+    HashCheckError,
+    NotReady,
+    OverLimit,
+    ReceiptsUnavailable,
+    Unauthenticated,
+)
 from hashcheck_server.generation import Generation, ListMatch, TableHits
 from hashcheck_server.metrics import ServerMetrics
+from hashcheck_server.receipts import sign_receipts
+from hashcheck_server.refusals import RefusalRecorder
 from hashcheck_server.serving import GenerationKeeper
+from hashcheck_server.signing import SigningKey
 
-__all__ = ["CheckPolicy", "HashCheckServicer"]
+__all__ = ["CheckPolicy", "HashCheckServicer", "Status", "abort_with", "status_for"]
 
 logger = logging.getLogger(__name__)
 
-#: Exact-match algorithms this server answers. PDQ is in the API already and
-#: answered with INVALID_ARGUMENT until near-duplicate matching is served.
-SERVED_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA1, Algorithm.SHA256)
+#: The algorithms this server answers: three exactly, PDQ within a distance.
+SERVED_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA1, Algorithm.SHA256, Algorithm.PDQ)
 
 _INTERNAL_MESSAGE = "The server failed to answer; its operators have the details."
 
@@ -48,26 +72,84 @@ class CheckPolicy:
 
     max_batch_hashes: int = 1_000_000
     reveal_counts: bool = False
+    #: PDQ: the distance applied when a request names none (max_distance 0),
+    #: and the largest a request may ask for; larger ones are capped.
+    pdq_default_distance: int = pdq_index.DEFAULT_MAX_DISTANCE
+    pdq_distance_cap: int = pdq_index.DEFAULT_MAX_DISTANCE
+
+    def pdq_distance(self, requested: int) -> int:
+        """The distance a PDQ request is answered with."""
+        return min(requested or self.pdq_default_distance, self.pdq_distance_cap)
+
+
+#: The trailer that tells a rate-limited caller when to come back.
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+@dataclass(frozen=True)
+class Status:
+    """The status code, message and trailers a call ends with."""
+
+    code: grpc.StatusCode
+    message: str
+    trailers: tuple[tuple[str, str], ...] = ()
+
+
+def status_for(error: HashCheckError) -> Status:
+    """The status of an error raised on purpose (see the module docstring)."""
+    if isinstance(error, BadRequest):
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    if isinstance(error, Unauthenticated):
+        return Status(grpc.StatusCode.UNAUTHENTICATED, str(error))
+    if isinstance(error, Forbidden):
+        return Status(grpc.StatusCode.PERMISSION_DENIED, str(error))
+    if isinstance(error, OverLimit):
+        trailers: tuple[tuple[str, str], ...] = ()
+        if error.retry_after_seconds is not None:
+            milliseconds = max(1, round(error.retry_after_seconds * 1000))
+            trailers = ((RETRY_AFTER_KEY, str(milliseconds)),)
+        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), trailers)
+    if isinstance(error, NotReady | AuditFailed):
+        return Status(grpc.StatusCode.UNAVAILABLE, str(error))
+    if isinstance(error, ReceiptsUnavailable):
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    return Status(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE)
+
+
+def abort_with(context: grpc.ServicerContext, status: Status) -> NoReturn:
+    """End the call with `status`; raises, as grpcio's abort does."""
+    if status.trailers:
+        context.set_trailing_metadata(status.trailers)
+    context.abort(status.code, status.message)
 
 
 class _Refusal(Exception):
     """A call ended with a status code; carried out of the handler to abort."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(self, status: Status) -> None:
+        super().__init__(status.message)
+        self.status = status
 
 
 class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
     """Answers checks from the keeper's current generation."""
 
     def __init__(
-        self, keeper: GenerationKeeper, metrics: ServerMetrics, policy: CheckPolicy
+        self,
+        keeper: GenerationKeeper,
+        metrics: ServerMetrics,
+        policy: CheckPolicy,
+        audit: AuditLog | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         self._keeper = keeper
         self._metrics = metrics
         self._policy = policy
+        #: Where hits are recorded before they are reported; None records none.
+        self._audit = audit
+        self._refusals = RefusalRecorder(metrics)
+        #: Signs receipts (hashcheck_server.receipts); None refuses them.
+        self._signing_key = signing_key
 
     def Check(
         self, request: hashcheck_pb2.CheckRequest, context: grpc.ServicerContext
@@ -122,10 +204,14 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         try:
             try:
                 yield
-            except BadRequest as error:
-                raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-            except NotReady as error:
-                raise _Refusal(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+            except (
+                BadRequest,
+                NotReady,
+                AccessRefused,
+                AuditFailed,
+                ReceiptsUnavailable,
+            ) as error:
+                raise _Refusal(status_for(error)) from error
             except GeneratorExit:
                 # The client went away mid-stream: an expected ending.
                 code = grpc.StatusCode.CANCELLED
@@ -137,10 +223,12 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
                     code = grpc.StatusCode.CANCELLED
                     return
                 logger.exception("%s failed", method)
-                raise _Refusal(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE) from error
+                internal = Status(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE)
+                raise _Refusal(internal) from error
         except _Refusal as refusal:
-            code = refusal.code
-            context.abort(refusal.code, refusal.message)
+            code = refusal.status.code
+            self._refusals.record(method, code, refusal.status.message)
+            abort_with(context, refusal.status)
         finally:
             self._metrics.requests.labels(method, code.name).inc()
 
@@ -148,26 +236,57 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         self, request: hashcheck_pb2.CheckRequest, method: str
     ) -> hashcheck_pb2.CheckReply:
         started = time.perf_counter()
-        algorithm = self._validate(request)
+        caller = current_caller()
+        algorithm = self._validate(request, caller)
+        receipt_key = self._receipt_key(request)
+        if caller is not None and caller.bucket is not None:
+            caller.bucket.take(len(request.hashes) // algorithm.width)
         with self._keeper.lease() as generation:
-            hits = generation.check(algorithm, request.hashes)
+            hits = generation.check(
+                algorithm,
+                request.hashes,
+                max_distance=self._policy.pdq_distance(request.max_distance),
+                visible=_filter_of(caller),
+            )
+        if hits.count and self._audit is not None:
+            # Recorded durably before the reply exists: no hit goes unaudited.
+            self._audit.record(
+                entries_for_hits(
+                    caller, algorithm, request.hashes, hits, request.sequence
+                )
+            )
         reply = _reply(request, algorithm, hits)
+        if receipt_key is not None:
+            tenant = caller.tenant_name if caller is not None else ""
+            sign_receipts(
+                reply,
+                request.hashes,
+                algorithm,
+                receipt_key,
+                tenant=tenant,
+                issued_at=time.time(),
+            )
 
         checked = reply.checked
         self._metrics.batch_hashes.observe(checked)
         self._metrics.hashes_checked.labels(algorithm.value).inc(checked)
         self._count_hits(algorithm, hits)
+        if caller is not None and caller.tenant is not None:
+            self._metrics.tenant_hashes_checked.labels(caller.tenant.name).inc(checked)
+            self._metrics.tenant_hits.labels(caller.tenant.name).inc(hits.count)
         self._metrics.request_seconds.labels(method).observe(
             time.perf_counter() - started
         )
         return reply
 
-    def _validate(self, request: hashcheck_pb2.CheckRequest) -> Algorithm:
+    def _validate(
+        self, request: hashcheck_pb2.CheckRequest, caller: Caller | None
+    ) -> Algorithm:
         try:
             algorithm = Algorithm.from_proto(request.algorithm)
         except ValueError:
             raise BadRequest(
-                f"Unknown algorithm {request.algorithm}; send MD5, SHA1 or SHA256."
+                f"Unknown algorithm {request.algorithm}; send MD5, SHA1, SHA256 or PDQ."
             ) from None
         if algorithm not in SERVED_ALGORITHMS:
             raise BadRequest(
@@ -182,12 +301,32 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
                 f"{algorithm.value} width; send whole raw hashes, not hex."
             )
         count = size // algorithm.width
-        if count > self._policy.max_batch_hashes:
+        largest = self._max_batch_hashes(caller)
+        if count > largest:
             raise BadRequest(
                 f"The batch holds {count} hashes; this server takes at most "
-                f"{self._policy.max_batch_hashes} a request. Split it, or stream it."
+                f"{largest} a request. Split it, or stream it."
             )
         return algorithm
+
+    def _receipt_key(self, request: hashcheck_pb2.CheckRequest) -> SigningKey | None:
+        """The key to sign the request's receipts with; None when it asks for none."""
+        if not request.want_receipts:
+            return None
+        if self._signing_key is None:
+            raise ReceiptsUnavailable(
+                "This server has no signing key, so it cannot issue receipts. "
+                "Check without receipts, or ask the hotline to configure its key."
+            )
+        return self._signing_key
+
+    def _max_batch_hashes(self, caller: Caller | None) -> int:
+        """The server's largest batch, or the tenant's if that is smaller."""
+        largest = self._policy.max_batch_hashes
+        tenant = caller.tenant if caller is not None else None
+        if tenant is not None and tenant.limits.max_batch_hashes:
+            largest = min(largest, tenant.limits.max_batch_hashes)
+        return largest
 
     def _count_hits(self, algorithm: Algorithm, hits: TableHits) -> None:
         if not hits.count:
@@ -202,19 +341,37 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
                 self._metrics.hits.labels(algorithm.value, match.list).inc(count)
 
     def _describe(self, generation: Generation) -> hashcheck_pb2.Info:
+        caller = current_caller()
+        tenant = caller.tenant if caller is not None else None
         info = hashcheck_pb2.Info(
             service_version=__version__,
             generation=generation.number,
             generation_committed_at=generation.committed_at,
-            max_batch_hashes=self._policy.max_batch_hashes,
+            generation_digest=generation.digest,
+            max_batch_hashes=self._max_batch_hashes(caller),
+            tenant=tenant.name if tenant is not None else "",
+            default_max_distance=self._policy.pdq_distance(0),
+            max_distance_cap=self._policy.pdq_distance_cap,
+        )
+        # With tenants, only the hotline's operators see table sizes; a
+        # server without tenants shows them when its operator said so.
+        reveal_counts = (
+            tenant.operator if tenant is not None else self._policy.reveal_counts
         )
         for algorithm in SERVED_ALGORITHMS:
             entry = info.algorithms.add(
                 algorithm=algorithm.proto, width=algorithm.width
             )
-            if self._policy.reveal_counts:
+            if reveal_counts:
                 entry.hash_count = generation.hash_count(algorithm)
         return info
+
+
+def _filter_of(caller: Caller | None) -> Callable[[ListMatch], bool] | None:
+    """The memberships a caller may see hits from; None: all of them."""
+    if caller is None or caller.tenant is None or caller.tenant.sees_everything:
+        return None
+    return caller.tenant.allows
 
 
 def _reply(
@@ -228,6 +385,7 @@ def _reply(
     if hits.count:
         reply.hit_positions.extend(hits.positions.tolist())
         reply.hit_provenances.extend(hits.provenance_of.tolist())
+        reply.hit_distances.extend(hits.distances.tolist())
         for provenance in hits.provenances:
             reply.provenances.add().lists.extend(_list_matches(provenance))
     return reply

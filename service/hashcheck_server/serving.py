@@ -29,16 +29,36 @@ from hashcheck_server import layout
 from hashcheck_server.errors import NotReady
 from hashcheck_server.generation import Generation
 
-__all__ = ["GenerationKeeper"]
+__all__ = ["GenerationKeeper", "log_switch"]
 
 logger = logging.getLogger(__name__)
+
+
+def log_switch(generation: Generation, seconds: float, source: object) -> None:
+    """The one log line, and event, of a server switching generation."""
+    logger.info(
+        "serving generation %d (committed %s, digest %s) from %s, mapped in %.3f s",
+        generation.number,
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generation.committed_at)),
+        generation.digest or "none",
+        source,
+        seconds,
+        extra={
+            "event": "generation_switch",
+            "generation": generation.number,
+            "digest": generation.digest,
+        },
+    )
 
 
 class _LeasedGeneration:
     """A generation and the count of requests using it."""
 
-    def __init__(self, generation: Generation) -> None:
+    def __init__(
+        self, generation: Generation, on_closed: Callable[[], None] | None = None
+    ) -> None:
         self.generation = generation
+        self._on_closed = on_closed
         self._lock = threading.Lock()
         self._leases = 0
         self._retired = False
@@ -52,14 +72,19 @@ class _LeasedGeneration:
             self._leases -= 1
             close_now = self._retired and self._leases == 0
         if close_now:
-            self.generation.close()
+            self._close()
 
     def retire(self) -> None:
         with self._lock:
             self._retired = True
             close_now = self._leases == 0
         if close_now:
-            self.generation.close()
+            self._close()
+
+    def _close(self) -> None:
+        self.generation.close()
+        if self._on_closed is not None:
+            self._on_closed()
 
 
 class GenerationKeeper:
@@ -69,11 +94,14 @@ class GenerationKeeper:
     keeper.start_watching(interval_seconds=1.0)
     with keeper.lease() as generation:
         hits = generation.check(Algorithm.MD5, batch)
+
+    `environment` is None only in subclasses that open environments of
+    their own (hashcheck_server.follow.SnapshotFollower).
     """
 
     def __init__(
         self,
-        environment: layout.Environment,
+        environment: layout.Environment | None,
         *,
         on_switch: Callable[[Generation], None] | None = None,
     ) -> None:
@@ -100,15 +128,11 @@ class GenerationKeeper:
         if current is not None and current.generation.number == committed:
             return current.generation
 
+        assert self._environment is not None, "only followers have no environment"
         started = time.perf_counter()
         generation = Generation.load(self._environment)
         self._install(generation)
-        logger.info(
-            "serving generation %d (committed %s), mapped in %.3f s",
-            generation.number,
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generation.committed_at)),
-            time.perf_counter() - started,
-        )
+        log_switch(generation, time.perf_counter() - started, self._environment.path)
         return generation
 
     @contextmanager
@@ -148,6 +172,10 @@ class GenerationKeeper:
         while not self._stop.wait(interval_seconds):
             try:
                 self.load_current()
+            except NotReady:
+                # Nothing to serve yet (a follower waiting for its first
+                # snapshot): health stays NOT_SERVING until there is.
+                continue
             except Exception:
                 # The served generation stays valid whatever went wrong with
                 # the next one: say why, and try again at the next poll.
@@ -157,12 +185,17 @@ class GenerationKeeper:
                 )
 
     def _committed_number(self) -> int:
+        assert self._environment is not None, "only followers have no environment"
         with self._environment.read() as transaction:
             return layout.read_generation_record(self._environment, transaction).number
 
-    def _install(self, generation: Generation) -> None:
+    def _install(
+        self, generation: Generation, on_closed: Callable[[], None] | None = None
+    ) -> None:
+        """Serve `generation` from now on; `on_closed` runs once it is unused."""
+        leased = _LeasedGeneration(generation, on_closed)
         with self._lock:
-            previous, self._current = self._current, _LeasedGeneration(generation)
+            previous, self._current = self._current, leased
         if previous is not None:
             previous.retire()
         if self._on_switch is not None:

@@ -23,10 +23,12 @@ rows (they never hit) until the next import of that algorithm compacts them.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_record
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ from hashcheck_server import layout
 from hashcheck_server.digest import content_digest
 from hashcheck_server.errors import ImportRejected, UnknownList
 from hashcheck_server.lookup import LayeredTable, SortedTable
-from hashcheck_server.table import sort_unique_rows
+from hashcheck_server.table import build_index, sort_unique_rows
 
 __all__ = [
     "Entries",
@@ -86,6 +88,7 @@ class AlgorithmReport:
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    held_back: int = 0
     table_hashes: int = 0
 
 
@@ -100,6 +103,18 @@ class ImportReport:
 
     def total(self, name: str) -> int:
         return sum(getattr(report, name) for report in self.algorithms.values())
+
+
+@dataclass(frozen=True)
+class Withdrawals:
+    """What an import's source withdrew: hashes, and ids of earlier entries.
+
+    NCMEC-style tombstones name an earlier entry by id and may repeat its
+    hashes; the store takes both off the list.
+    """
+
+    hashes: dict[Algorithm, npt.NDArray[np.uint8]] = field(default_factory=dict)
+    record_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,12 +180,21 @@ class HashStore:
         description: str = "",
         replace: bool = False,
         rebuild: bool = False,
+        kind: str = layout.BLOCK,
+        staged: bool = False,
+        withdrawals: Withdrawals | None = None,
+        record_ids: Mapping[str, Sequence[tuple[Algorithm, bytes]]] | None = None,
     ) -> ImportReport:
         """Put hashes on a list, creating it if new, as one generation.
 
         With `replace`, the list afterwards holds exactly these entries;
         otherwise they are added to what it held, and a hash already on the
-        list takes the category of the new record.
+        list takes the category of the new record. `withdrawals` are then
+        taken off the list, and `record_ids` remembered for later tombstones.
+
+        A new list is a block list unless `kind` is "allow", and live unless
+        `staged`. Hashes on a live allow list are held back from block lists
+        and counted in the report.
 
         New hashes go to the algorithm's delta, so a daily import of some
         thousands rewrites only the delta and the bitmaps, not the base
@@ -184,11 +208,18 @@ class HashStore:
         report = ImportReport(list_name)
 
         with self._changing() as transaction:
-            algorithms = set(entries_by_algorithm)
+            record = self._list_record_for_import(
+                transaction, list_name, source, description, kind, staged
+            )
+            withdrawn = self._withdrawn_hashes(
+                transaction, list_name, withdrawals, record_ids or {}
+            )
+            algorithms = set(entries_by_algorithm) | set(withdrawn)
             if replace:
                 algorithms |= set(
                     layout.stored_algorithms(self.environment, transaction)
                 )
+            allow_lists = self._live_allow_lists(transaction, record)
             for algorithm in sorted(algorithms, key=lambda a: a.value):
                 report.algorithms[algorithm] = self._import_algorithm(
                     transaction,
@@ -197,21 +228,27 @@ class HashStore:
                     algorithm,
                     replace=replace,
                     rebuild=rebuild,
+                    withdrawn=withdrawn.get(algorithm),
+                    allow_lists=allow_lists,
                 )
-            self._touch_list(transaction, list_name, source, description)
+            self._remember_records(
+                transaction, list_name, record_ids or {}, withdrawals
+            )
+            layout.write_list_record(self.environment, transaction, record)
             change = f"import into {list_name}: +{report.total('added')}"
             report.generation = self._commit_generation(transaction, change)
 
         report.seconds = time.perf_counter() - started
         logger.info(
             "imported list %s: generation %d, %d added, %d updated, %d removed, "
-            "%d unchanged in %.1f s",
+            "%d unchanged, %d held back as allow-listed in %.1f s",
             list_name,
             report.generation,
             report.total("added"),
             report.total("updated"),
             report.total("removed"),
             report.total("unchanged"),
+            report.total("held_back"),
             report.seconds,
         )
         return report
@@ -274,6 +311,92 @@ class HashStore:
         )
         return held, generation
 
+    def promote(self, staged_name: str, *, into: str | None = None) -> int:
+        """Make a staged list live, or fold it into a live list; returns the generation.
+
+        With `into`, the staged list's hashes join that live list with their
+        categories (hashes on a live allow list held back, as in an import)
+        and the staged list is deleted. Without, the staged list itself goes
+        live.
+        """
+        with self._changing() as transaction:
+            staged = self._require_list(transaction, staged_name)
+            if staged.state != layout.STAGED:
+                raise ImportRejected(
+                    f"{staged_name} is not staged; nothing to promote."
+                )
+            if into is None:
+                promoted = replace_record(
+                    staged, state=layout.LIVE, updated_at=time.time()
+                )
+                layout.write_list_record(self.environment, transaction, promoted)
+            else:
+                self._fold_into(transaction, staged, into)
+            change = f"promote {staged_name}" + (f" into {into}" if into else "")
+            generation = self._commit_generation(transaction, change)
+        logger.info(
+            "promoted staged list %s%s: generation %d",
+            staged_name,
+            f" into {into}" if into else "",
+            generation,
+        )
+        return generation
+
+    def staged_overlap(self, staged_name: str) -> dict[Algorithm, dict[str, int]]:
+        """For a staged list, per algorithm: its size, and how much of it each
+        live list already holds (allow lists included), so that an operator
+        sees before promoting whether it would flag known-benign hashes."""
+        with self.environment.read() as transaction:
+            record = self._require_list(transaction, staged_name)
+            lists = {
+                r.name: r
+                for r in layout.read_list_records(self.environment, transaction)
+            }
+            overlap: dict[Algorithm, dict[str, int]] = {}
+            for algorithm in layout.stored_algorithms(self.environment, transaction):
+                items = self._membership_items(transaction, algorithm)
+                mine = BitMap.union(
+                    BitMap(), *(b for _, (n, _, b) in items if n == record.name)
+                )
+                if not mine:
+                    continue
+                counts = overlap.setdefault(algorithm, {"staged": len(mine)})
+                for _, (name, _, bitmap) in items:
+                    other = lists.get(name)
+                    if other is None or other.state != layout.LIVE:
+                        continue
+                    label = f"{other.kind}:{name}"
+                    counts[label] = counts.get(label, 0) + len(mine & bitmap)
+        return overlap
+
+    def _fold_into(
+        self, transaction: Any, staged: layout.ListRecord, into: str
+    ) -> None:
+        target = self._require_list(transaction, into)
+        if target.kind != staged.kind:
+            raise ImportRejected(
+                f"{staged.name} and {into} are lists of different kinds."
+            )
+        allow_lists = self._live_allow_lists(transaction, target)
+        for algorithm in layout.stored_algorithms(self.environment, transaction):
+            memberships = dict(self._membership_items(transaction, algorithm))
+            allowed = BitMap.union(
+                BitMap(), *(b for n, _, b in memberships.values() if n in allow_lists)
+            )
+            for key, (name, category, bitmap) in list(memberships.items()):
+                if name != staged.name:
+                    continue
+                moving = bitmap - allowed
+                _take_off_list(memberships, into, moving)
+                target_key = layout.membership_key(algorithm, into, category)
+                current = memberships.get(target_key, (into, category, BitMap()))[2]
+                memberships[target_key] = (into, category, current | moving)
+                memberships[key] = (name, category, BitMap())
+            self._write_memberships(transaction, memberships, None, 0)
+        transaction.delete(staged.name.encode(), db=self.environment.lists)
+        touched = replace_record(target, updated_at=time.time())
+        layout.write_list_record(self.environment, transaction, touched)
+
     def merge(self) -> int:
         """Rebuild every base table with its delta, dropping dead rows.
 
@@ -322,25 +445,117 @@ class HashStore:
         )
         return record.number
 
-    def _require_list(self, transaction: Any, list_name: str) -> None:
-        if layout.read_list_record(self.environment, transaction, list_name) is None:
+    def _require_list(self, transaction: Any, list_name: str) -> layout.ListRecord:
+        record = layout.read_list_record(self.environment, transaction, list_name)
+        if record is None:
             raise UnknownList(
                 f"There is no list named {list_name!r}; see `hashcheck-server lists`."
             )
+        return record
 
-    def _touch_list(
-        self, transaction: Any, list_name: str, source: str, description: str
-    ) -> None:
+    def _list_record_for_import(
+        self,
+        transaction: Any,
+        list_name: str,
+        source: str,
+        description: str,
+        kind: str,
+        staged: bool,
+    ) -> layout.ListRecord:
+        """The list's record after this import; refuses a change of kind."""
         now = time.time()
         existing = layout.read_list_record(self.environment, transaction, list_name)
-        record = layout.ListRecord(
-            name=list_name,
-            source=source or (existing.source if existing else ""),
-            description=description or (existing.description if existing else ""),
-            created_at=existing.created_at if existing else now,
+        if existing is None:
+            state = layout.STAGED if staged else layout.LIVE
+            return layout.ListRecord(
+                list_name, source, description, now, now, kind, state
+            )
+
+        if existing.kind != kind:
+            raise ImportRejected(
+                f"{list_name} is an {existing.kind} list; import {kind} hashes into "
+                "another list."
+            )
+        if staged and existing.state == layout.LIVE:
+            raise ImportRejected(
+                f"{list_name} is live. Stage the change as a new list and promote "
+                f"it into this one: import --staged --list NEW ..., then "
+                f"promote NEW --into {list_name}."
+            )
+        return replace_record(
+            existing,
+            source=source or existing.source,
+            description=description or existing.description,
             updated_at=now,
         )
-        layout.write_list_record(self.environment, transaction, record)
+
+    def _live_allow_lists(
+        self, transaction: Any, record: layout.ListRecord
+    ) -> set[str]:
+        """The allow lists whose hashes this import must hold back."""
+        if record.kind != layout.BLOCK:
+            return set()
+        return {
+            other.name
+            for other in layout.read_list_records(self.environment, transaction)
+            if other.is_live_allow
+        }
+
+    def _withdrawn_hashes(
+        self,
+        transaction: Any,
+        list_name: str,
+        withdrawals: Withdrawals | None,
+        record_ids: Mapping[str, Sequence[tuple[Algorithm, bytes]]],
+    ) -> dict[Algorithm, npt.NDArray[np.uint8]]:
+        """Hashes to take off the list: those named, and those of withdrawn ids.
+
+        An id may have been added earlier or by this very import (a page that
+        holds an entry and, later, its tombstone).
+        """
+        if withdrawals is None:
+            return {}
+        found: dict[Algorithm, list[bytes]] = {
+            algorithm: [hashes.tobytes()]
+            for algorithm, hashes in withdrawals.hashes.items()
+        }
+        for record_id in withdrawals.record_ids:
+            for algorithm, digest in record_ids.get(record_id, ()):
+                found.setdefault(algorithm, []).append(digest)
+        records = self.environment.records
+        for record_id in withdrawals.record_ids:
+            key = _record_key(list_name, record_id)
+            raw = transaction.get(key, db=records)
+            if raw is None:
+                continue
+            for algorithm_name, hex_hash in json.loads(bytes(raw)):
+                algorithm = Algorithm(algorithm_name)
+                found.setdefault(algorithm, []).append(bytes.fromhex(hex_hash))
+            transaction.delete(key, db=records)
+        return {
+            algorithm: np.frombuffer(b"".join(parts), np.uint8).reshape(
+                -1, algorithm.width
+            )
+            for algorithm, parts in found.items()
+        }
+
+    def _remember_records(
+        self,
+        transaction: Any,
+        list_name: str,
+        record_ids: Mapping[str, Sequence[tuple[Algorithm, bytes]]],
+        withdrawals: Withdrawals | None,
+    ) -> None:
+        withdrawn = set(withdrawals.record_ids) if withdrawals else set()
+        for record_id, hashes in record_ids.items():
+            if record_id in withdrawn:
+                continue
+            value = [[algorithm.value, digest.hex()] for algorithm, digest in hashes]
+            transaction.put(
+                _record_key(list_name, record_id),
+                json.dumps(value).encode(),
+                db=self.environment.records,
+            )
 
     def _import_algorithm(
         self,
@@ -351,6 +566,8 @@ class HashStore:
         *,
         replace: bool,
         rebuild: bool,
+        withdrawn: npt.NDArray[np.uint8] | None = None,
+        allow_lists: set[str] | None = None,
     ) -> AlgorithmReport:
         report = AlgorithmReport()
         parts = self._read_parts(transaction, algorithm)
@@ -358,7 +575,12 @@ class HashStore:
 
         unique, categories = _unique_entries(entries, algorithm)
         report.records = 0 if entries is None else entries.hashes.shape[0]
-        fresh, combined_ids = _locate(parts, unique)
+        fresh, located_ids = _locate(parts, unique)
+        combined_ids = located_ids
+        if allow_lists:
+            combined_ids, categories, report.held_back = _hold_back(
+                memberships, allow_lists, located_ids, categories
+            )
         if list_name:
             _apply_list_change(
                 memberships,
@@ -369,6 +591,9 @@ class HashStore:
                 replace,
                 report,
             )
+        if withdrawn is not None and withdrawn.size:
+            rows = _withdrawn_rows(parts, unique, located_ids, withdrawn)
+            report.removed += _take_off_list(memberships, list_name, rows)
 
         if rebuild or _delta_outgrows_base(parts, fresh):
             report.table_hashes = self._rebuild_base(
@@ -621,6 +846,67 @@ def _locate(
     fresh = np.flatnonzero(ids < 0)
     ids[fresh] = known + np.arange(fresh.size)
     return unique[fresh], ids
+
+
+def _record_key(list_name: str, record_id: str) -> bytes:
+    return f"{list_name}\x00{record_id}".encode()[:500]
+
+
+def _hold_back(
+    memberships: dict[bytes, tuple[str, str, BitMap]],
+    allow_lists: set[str],
+    combined_ids: npt.NDArray[np.intp],
+    categories: list[tuple[str, npt.NDArray[np.intp]]],
+) -> tuple[npt.NDArray[np.intp], list[tuple[str, npt.NDArray[np.intp]]], int]:
+    """Drop imported hashes that a live allow list holds; count them.
+
+    Returns the remaining row ids and the categories re-indexed to them.
+    """
+    allowed = BitMap.union(
+        BitMap(),
+        *(bitmap for name, _, bitmap in memberships.values() if name in allow_lists),
+    )
+    if not allowed:
+        return combined_ids, categories, 0
+
+    allowed_rows = np.frombuffer(allowed.to_array(), dtype=np.uint32)
+    keep = ~np.isin(combined_ids, allowed_rows)
+    new_index = np.cumsum(keep) - 1
+    kept_categories = [
+        (name, new_index[indices[keep[indices]]]) for name, indices in categories
+    ]
+    held_back = int(keep.size - np.count_nonzero(keep))
+    return combined_ids[keep], kept_categories, held_back
+
+
+def _withdrawn_rows(
+    parts: _Parts,
+    unique: npt.NDArray[np.uint8],
+    combined_ids: npt.NDArray[np.intp],
+    withdrawn: npt.NDArray[np.uint8],
+) -> BitMap:
+    """Rows of the withdrawn hashes, among old rows and this import's own."""
+    batch = np.ascontiguousarray(withdrawn).tobytes()
+    rows = BitMap(parts.table.find(batch).rows.astype(np.uint32))
+    if unique.shape[0]:
+        imported = LayeredTable(
+            [SortedTable(unique, build_index(unique), unique.shape[1])]
+        )
+        positions = imported.find(batch).rows
+        rows |= BitMap(combined_ids[positions].astype(np.uint32))
+    return rows
+
+
+def _take_off_list(
+    memberships: dict[bytes, tuple[str, str, BitMap]], list_name: str, rows: BitMap
+) -> int:
+    """Remove rows from every category of a list; returns how many it held."""
+    removed = BitMap()
+    for key, (name, category, bitmap) in memberships.items():
+        if name == list_name and bitmap.intersect(rows):
+            removed |= bitmap & rows
+            memberships[key] = (name, category, bitmap - rows)
+    return len(removed)
 
 
 def _apply_list_change(

@@ -9,11 +9,13 @@ connections over them.
 
 Workers are started with the "spawn" method: gRPC must not be forked after it
 has started threads. A worker that dies is started again, at most once a
-second. SIGTERM or SIGINT to the supervisor drains every worker.
+second; workers that keep failing right after their start make the
+supervisor give up (exit 2) rather than loop. SIGTERM or SIGINT to the
+supervisor drains every worker.
 
 Metrics: prometheus_client's multi-process mode. Each worker writes its
 samples to files in a private directory; the supervisor serves the sum on
-the metrics port.
+the metrics port (hashcheck_server.metrics.MultiProcessMetrics).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +33,7 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from hashcheck_server.errors import HashCheckError
 from hashcheck_server.logs import configure_logging
 from hashcheck_server.server import ServerConfig, serve_until_signalled
 
@@ -38,6 +42,10 @@ __all__ = ["supervise_workers"]
 logger = logging.getLogger(__name__)
 
 _RESTART_PAUSE_SECONDS = 1.0
+#: A worker that exits sooner than this after its start failed to start.
+_STARTUP_SECONDS = 10.0
+_FAILED_STARTS_LIMIT = 3
+_EXIT_CANNOT_SERVE = 2
 _PROMETHEUS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -65,8 +73,10 @@ def supervise_workers(
             for number in range(workers)
         ]
         logger.info("started %d workers on %s", workers, config.listen)
-        _keep_running(processes, worker_config, stopping, log_format, log_level)
-        _drain(processes, config.grace_seconds)
+        try:
+            _keep_running(processes, worker_config, stopping, log_format, log_level)
+        finally:
+            _drain(processes, config.grace_seconds)
     finally:
         shutil.rmtree(metrics_directory, ignore_errors=True)
 
@@ -75,10 +85,11 @@ def _start_metrics(config: ServerConfig, metrics_directory: str) -> None:
     if config.metrics_port is None:
         return
     from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from hashcheck_server.metrics import MultiProcessMetrics
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=metrics_directory)  # type: ignore[no-untyped-call]
+    registry.register(MultiProcessMetrics(metrics_directory))
     host = config.listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
     start_http_server(config.metrics_port, addr=host, registry=registry)
 
@@ -98,7 +109,12 @@ def _start_worker(
 
 def _run_worker(config: ServerConfig, log_format: str, log_level: str) -> None:
     configure_logging(log_format, log_level)
-    serve_until_signalled(config)
+    try:
+        serve_until_signalled(config)
+    except HashCheckError as error:
+        # One line, not a traceback: the supervisor says what happens next.
+        logger.error("worker cannot serve: %s", error)
+        sys.exit(_EXIT_CANNOT_SERVE)
 
 
 def _keep_running(
@@ -108,20 +124,39 @@ def _keep_running(
     log_format: str,
     log_level: str,
 ) -> None:
-    """Restart workers that die, until asked to stop."""
+    """Restart workers that die, until asked to stop.
+
+    A worker that dies within its first seconds counts as a failed start;
+    after a few in a row the supervisor gives up with an error instead of
+    restarting workers forever that cannot serve (a damaged data directory,
+    say), so that the operator sees why and an orchestrator sees the exit.
+    """
+    started = [time.monotonic()] * len(processes)
+    failed_starts = 0
     while not stopping.wait(0.2):
         for number, process in enumerate(processes):
             if process.is_alive():
+                if time.monotonic() - started[number] > _STARTUP_SECONDS:
+                    failed_starts = 0
                 continue
+            _mark_dead(process)
+            if time.monotonic() - started[number] <= _STARTUP_SECONDS:
+                failed_starts += 1
+            if failed_starts >= _FAILED_STARTS_LIMIT:
+                raise HashCheckError(
+                    f"Workers failed {failed_starts} times in a row within "
+                    f"{_STARTUP_SECONDS:.0f} s of starting (the last exited with "
+                    f"{process.exitcode}); giving up. Their log lines say why."
+                )
             logger.error(
                 "worker %d (pid %s) exited with %s; starting it again",
                 number,
                 process.pid,
                 process.exitcode,
             )
-            _mark_dead(process)
             time.sleep(_RESTART_PAUSE_SECONDS)
             processes[number] = _start_worker(config, number, log_format, log_level)
+            started[number] = time.monotonic()
 
 
 def _mark_dead(process: BaseProcess) -> None:

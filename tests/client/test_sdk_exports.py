@@ -16,8 +16,12 @@ from hashcheck import (
     _config,
     _exceptions,
     _hashing,
+    _keys,
+    _manifests,
     _models,
     _packing,
+    _pdq,
+    _receipts,
 )
 
 # The modules whose whole `__all__` is the SDK's public API. The CLI's helper
@@ -29,8 +33,12 @@ _SDK_MODULES = [
     _config,
     _exceptions,
     _hashing,
+    _keys,
+    _manifests,
     _models,
     _packing,
+    _pdq,
+    _receipts,
 ]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,7 +85,9 @@ def test_check_all_hits(
             id="unspecified",
         ),
         pytest.param(99, b"x" * 16, "Unknown algorithm", id="unknown"),
-        pytest.param(hashcheck_pb2.ALGORITHM_PDQ, b"x" * 32, "pdq", id="pdq"),
+        pytest.param(
+            hashcheck_pb2.ALGORITHM_PDQ, b"x" * 33, "not a multiple", id="pdq-width"
+        ),
         pytest.param(MD5, b"x" * 16 * 50_001, "at most 50000", id="too-large"),
     ],
 )
@@ -269,3 +273,40 @@ def test_metrics_count_hashes_and_hits(
     assert value("hashcheck_requests_total", {"method": "Check", "code": "OK"}) == 1
     assert value("hashcheck_generation") == 1
     assert value("hashcheck_table_hashes", {"algorithm": "md5"}) == 5_000
+
+
+def test_import_by_another_process_becomes_visible(
+    server: RunningServer,
+    stub: hashcheck_pb2_grpc.HashCheckStub,
+    store_with_police: Path,
+    tmp_path: Path,
+) -> None:
+    fresh = random_hashes(100, seed=99)
+    listing = tmp_path / "hotline.txt"
+    listing.write_text("\n".join(row.tobytes().hex() for row in fresh) + "\n")
+    before = _check(stub, fresh)
+
+    imported = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "hashcheck-server"),
+            "import",
+            "--data",
+            str(store_with_police),
+            "--list",
+            "hotline",
+            str(listing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 5
+    after = _check(stub, fresh)
+    while not after.hit_positions and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = _check(stub, fresh)
+
+    assert imported.returncode == 0, imported.stderr
+    assert not before.hit_positions
+    assert list(after.hit_positions) == list(range(100))
+    assert after.generation == before.generation + 1

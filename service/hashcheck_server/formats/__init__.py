@@ -59,6 +59,7 @@ from typing import BinaryIO
 
 from hashcheck._algorithms import Algorithm
 from hashcheck_server.formats._csv import read_csv
+from hashcheck_server.formats._ncmec import read_ncmec
 from hashcheck_server.formats._parsed import ParsedFile, ParsedHashes
 from hashcheck_server.formats._source import (
     Progress,
@@ -76,12 +77,13 @@ __all__ = [
     "read_hash_file",
 ]
 
-FORMATS = ("text", "csv", "vics")
+FORMATS = ("text", "csv", "icse", "vics", "ncmec")
 
 _FORMAT_BY_SUFFIX = {
     ".csv": "csv",
     ".tsv": "csv",
     ".json": "vics",
+    ".xml": "ncmec",
 }
 
 
@@ -124,7 +126,9 @@ def read_hash_file(
     _check_arguments(chosen, hash_column, category_column)
 
     with open_source(source) as stream:
-        if chosen == "csv":
+        # The Interpol ICSE export is a semicolon CSV with a Baseline column,
+        # which the CSV reader detects; "icse" just names it.
+        if chosen in ("csv", "icse"):
             return read_csv(
                 stream,
                 name,
@@ -134,7 +138,8 @@ def read_hash_file(
                 progress=progress,
                 max_problems=max_problems,
             )
-        reader = read_vics if chosen == "vics" else read_text
+        readers = {"vics": read_vics, "ncmec": read_ncmec}
+        reader = readers.get(chosen, read_text)
         return reader(
             stream,
             name,
@@ -151,7 +156,8 @@ def _check_arguments(
         known = ", ".join(FORMATS)
         raise ValueError(f"Unknown hash-list format {format!r}; use one of: {known}.")
 
-    if format != "csv" and (hash_column is not None or category_column is not None):
+    is_csv = format in ("csv", "icse")
+    if not is_csv and (hash_column is not None or category_column is not None):
         raise ValueError(
             f"hash_column and category_column apply to CSV files only, "
             f"not to the {format} format."

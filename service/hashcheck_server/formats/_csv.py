@@ -20,14 +20,23 @@ give the category "baseline" and whose false values (0, false, no, n) give
 "non-baseline". An empty Baseline cell gives no category, and any other value
 is a Problem: guessing would decide which hashes a baseline-only tenant
 matches.
+
+Quality. A column `quality` (or `PDQ quality`) gives each PDQ hash of its row
+the quality score its hasher reported, a whole number from 0 to 100; an
+empty cell means unknown. The importer can hold back low-quality hashes
+(`import --min-quality`). Other algorithms ignore the column.
 """
 
 from __future__ import annotations
 
+import array
 import csv
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
+
+import numpy as np
 
 from hashcheck._algorithms import Algorithm, infer_algorithm
 from hashcheck_server.errors import ImportRejected
@@ -52,6 +61,9 @@ _TRUE_VALUES = frozenset({"1", "true", "yes", "y"})
 _FALSE_VALUES = frozenset({"0", "false", "no", "n"})
 _BASELINE = "baseline"
 _NON_BASELINE = "non-baseline"
+_QUALITY_COLUMNS = ("quality", "pdq quality")
+_UNKNOWN_QUALITY = -1
+_HIGHEST_QUALITY = 100
 
 
 @dataclass
@@ -90,6 +102,7 @@ def read_csv(
             hash_columns=_hash_columns(header, source, algorithm, hash_column),
             category=_category_source(header, source, category_column),
             problems=ProblemLog(source, max_problems),
+            quality=_quality_column(header),
         )
         _read_rows(text, delimiter, reader, source)
 
@@ -196,6 +209,23 @@ def _category_source(
     return None
 
 
+def _quality_column(header: list[str]) -> int | None:
+    for name in _QUALITY_COLUMNS:
+        index = _find_column(header, name)
+        if index is not None:
+            return index
+    return None
+
+
+def _quality(value: str) -> int:
+    """A quality score cell: 0-100, or unknown when empty."""
+    if not value:
+        return _UNKNOWN_QUALITY
+    if value.isascii() and value.isdigit() and int(value) <= _HIGHEST_QUALITY:
+        return int(value)
+    raise BadHash(f"quality must be a whole number from 0 to 100, not {value[:8]!r}")
+
+
 class _CsvReader:
     """Rows to hashes, one builder per algorithm."""
 
@@ -205,6 +235,7 @@ class _CsvReader:
         hash_columns: list[_HashColumn],
         category: _CategorySource | None,
         problems: ProblemLog,
+        quality: int | None = None,
     ) -> None:
         self._hash_columns = hash_columns
         self._category = category
@@ -212,6 +243,9 @@ class _CsvReader:
         self._categories = CategoryTable()
         self._destinations = Destinations()
         self._records = 0
+        #: The quality column, and the score of each PDQ hash read, in order.
+        self._quality = quality
+        self._qualities = array.array("h")
 
     def read_row(self, row: list[str], line: int) -> None:
         if not row:
@@ -220,15 +254,16 @@ class _CsvReader:
 
         try:
             category = self._category_code(row)
+            quality = self._quality_of(row)
         except BadHash as bad:
             self._problems.add(line, str(bad))
             return
 
         for column in self._hash_columns:
-            self._read_cell(row, column, category, line)
+            self._read_cell(row, column, category, line, quality)
 
     def finish(self, source: str, algorithm: Algorithm | None) -> ParsedFile:
-        return finish_file(
+        parsed = finish_file(
             source=source,
             format="csv",
             records=self._records,
@@ -237,6 +272,18 @@ class _CsvReader:
             problems=self._problems,
             algorithm=algorithm,
         )
+        pdq = parsed.by_algorithm.get(Algorithm.PDQ)
+        if pdq is not None and self._quality is not None:
+            qualities = np.frombuffer(self._qualities, dtype=np.int16)
+            parsed.by_algorithm[Algorithm.PDQ] = dataclasses.replace(
+                pdq, qualities=qualities
+            )
+        return parsed
+
+    def _quality_of(self, row: list[str]) -> int:
+        if self._quality is None:
+            return _UNKNOWN_QUALITY
+        return _quality(_cell(row, self._quality))
 
     def _category_code(self, row: list[str]) -> int:
         if self._category is None:
@@ -248,7 +295,12 @@ class _CsvReader:
         return self._categories.code(_baseline_category(value, self._category.name))
 
     def _read_cell(
-        self, row: list[str], column: _HashColumn, category: int, line: int
+        self,
+        row: list[str],
+        column: _HashColumn,
+        category: int,
+        line: int,
+        quality: int,
     ) -> None:
         digits = _cell(row, column.index)
         if not digits:
@@ -262,6 +314,8 @@ class _CsvReader:
             return
 
         destination.builder.add(digest, category, line)
+        if self._quality is not None and column.algorithm is Algorithm.PDQ:
+            self._qualities.append(quality)
 
     def _settle(self, column: _HashColumn, first_hash: str) -> Destination:
         """Fix a column's algorithm, from its name or else from its first hash."""

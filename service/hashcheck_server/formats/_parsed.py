@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import array
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -58,12 +58,17 @@ class ParsedHashes:
     categories: npt.NDArray[np.int32]
     category_names: tuple[str, ...]
     lines: npt.NDArray[np.int64]
+    #: PDQ: each hash's quality score (0-100), -1 where the file gave none;
+    #: None when the file has no quality scores at all.
+    qualities: npt.NDArray[np.int16] | None = None
 
     def __post_init__(self) -> None:
         count = len(self.lines)
         _check_array("hashes", self.hashes, (count, self.algorithm.width), np.uint8)
         _check_array("categories", self.categories, (count,), np.int32)
         _check_array("lines", self.lines, (count,), np.int64)
+        if self.qualities is not None:
+            _check_array("qualities", self.qualities, (count,), np.int16)
 
 
 def _check_array(
@@ -81,12 +86,23 @@ def _check_array(
 
 @dataclass(frozen=True)
 class ParsedFile:
-    """Every hash read from one file, by algorithm."""
+    """Every hash read from one file, by algorithm.
+
+    Formats with tombstones (NCMEC) also say what the file withdraws:
+    `withdrawn` hashes by algorithm and `withdrawn_ids` of earlier entries;
+    and, for entries that carry an id, `record_ids` maps the id to its
+    hashes so that a later tombstone naming only the id can withdraw them.
+    """
 
     source: str
     format: str
     records: int
     by_algorithm: dict[Algorithm, ParsedHashes]
+    withdrawn: dict[Algorithm, npt.NDArray[np.uint8]] = field(default_factory=dict)
+    withdrawn_ids: tuple[str, ...] = ()
+    record_ids: dict[str, tuple[tuple[Algorithm, bytes], ...]] = field(
+        default_factory=dict
+    )
 
 
 class CategoryTable:

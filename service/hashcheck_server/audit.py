@@ -1,0 +1,312 @@
+"""The audit log: every hit reported to a tenant, recorded durably before the reply.
+
+The hotline must be able to show who was told about which hash and when, so
+that the 24-hour notice-and-takedown rule can be followed up. Only hits are
+recorded; a hash that missed is never written here, nor anywhere else.
+
+Where: its own LMDB environment, ``DATA/audit/`` unless `serve --audit DIR`
+says otherwise. Not the data directory's environment, because LMDB has one
+writer per environment: recording a hit would wait behind an import's long
+write transaction (minutes for a large list), and an import would wait for
+hits. A separate environment also gets its own map, its own backups and its
+own retention, and a data directory may be replaced by a snapshot without
+touching the audit.
+
+Layout: one named database, ``hits``:
+
+- key: 16 bytes, big-endian: nanoseconds since the epoch (8), the recording
+  process id (4), a per-process counter (4). Keys sort by time, and the
+  worker processes of one machine never collide;
+- value: JSON {"time", "tenant", "algorithm", "hash", "lists",
+  "request_id", "peer", "generation", "sequence"}, where "time" is seconds
+  since the epoch, "hash" is hex and "lists" holds {"list", "category"}
+  pairs: exactly the provenance the tenant was shown.
+
+Durability: a call's hits are committed, with LMDB's fsync, before its reply
+leaves the server. If that fails, the call fails (UNAVAILABLE) and the hits
+are not reported. Commits are grouped: calls that arrive while a commit is
+syncing queue their entries, and the next writer commits all that queued in
+one transaction, so concurrent hits share an fsync. The threads of one
+process take turns on a Python lock before they begin a write transaction,
+so that only other processes ever wait inside LMDB's writer mutex.
+
+Retention: `prune(cutoff)` deletes entries older than a time, in small
+transactions; servers prune on their own once an hour (`AuditPruner`), and
+`hashcheck-server audit prune` does it by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+from prometheus_client import Gauge
+
+from hashcheck._algorithms import Algorithm
+from hashcheck_server import layout
+from hashcheck_server.caller import Caller
+from hashcheck_server.errors import AuditFailed, StoreError
+from hashcheck_server.generation import TableHits
+
+__all__ = ["AuditEntry", "AuditLog", "AuditPruner", "entries_for_hits"]
+
+logger = logging.getLogger(__name__)
+
+#: The audit's map: LMDB grows the file as it fills, so this bounds, not
+#: reserves. 64 GiB is some 200 million hits.
+AUDIT_MAP_SIZE = 64 << 30
+
+_KEY = struct.Struct(">QII")
+_LAST_NANOSECOND = (1 << 64) - 1
+_PRUNE_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One hit as it was reported."""
+
+    time: float
+    tenant: str
+    algorithm: str
+    hash: str
+    lists: tuple[tuple[str, str], ...]
+    request_id: str
+    peer: str
+    generation: int
+    sequence: int = 0
+
+    def to_json(self) -> bytes:
+        fields = asdict(self)
+        fields["lists"] = [{"list": n, "category": c} for n, c in self.lists]
+        return json.dumps(fields, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> AuditEntry:
+        fields = json.loads(raw)
+        fields["lists"] = tuple((m["list"], m["category"]) for m in fields["lists"])
+        return cls(**fields)
+
+
+class AuditLog:
+    """An open audit environment.
+
+    audit = AuditLog.open(Path("data/audit"))
+    audit.record([entry, ...])         # durable when this returns
+    for entry in audit.entries(since=time.time() - 86400, tenant="acme"):
+        ...
+    """
+
+    def __init__(
+        self, path: Path, environment: Any, hits: Any, backlog: Gauge | None = None
+    ) -> None:
+        self.path = path
+        self._environment = environment
+        self._hits = hits
+        #: Entries handed to `record` and not yet committed.
+        self._backlog = backlog
+        self._write_lock = threading.Lock()
+        #: Entries waiting for a commit; guarded by _queue_lock, taken by
+        #: whichever thread holds _write_lock next (group commit).
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._counter = itertools.count()
+        self._pid = os.getpid()
+
+    @classmethod
+    def open(
+        cls, path: Path, *, readonly: bool = False, backlog: Gauge | None = None
+    ) -> AuditLog:
+        if readonly and not (path / "data.mdb").exists():
+            raise StoreError(
+                f"{path} holds no audit log yet: no server has recorded a hit there."
+            )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            environment = lmdb.open(
+                str(path),
+                map_size=AUDIT_MAP_SIZE,
+                max_dbs=2,
+                readonly=readonly,
+                max_readers=512,
+            )
+            hits = environment.open_db(b"hits", create=not readonly)
+        except lmdb.Error as error:
+            raise layout.translate_lmdb_error(error, path) from error
+        return cls(path, environment, hits, backlog)
+
+    def record(self, entries: Sequence[AuditEntry]) -> None:
+        """Append entries durably, or raise AuditFailed; see Durability above."""
+        if not entries:
+            return
+        pending = _Pending(entries)
+        with self._queue_lock:
+            self._queue.append(pending)
+        if self._backlog is not None:
+            self._backlog.inc(len(entries))
+        with self._write_lock:
+            if not pending.is_settled:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit(group)
+        if pending.error is not None:
+            raise AuditFailed(
+                "The server cannot record hits right now, so it reports none; "
+                "try again shortly."
+            ) from pending.error
+
+    def _commit(self, group: list[_Pending]) -> None:
+        """Write every queued entry in one transaction; settle each batch."""
+        error: Exception | None = None
+        try:
+            with self._environment.begin(write=True) as txn:
+                for pending in group:
+                    for entry in pending.entries:
+                        key = self._next_key(entry.time)
+                        txn.put(key, entry.to_json(), db=self._hits)
+        except Exception as failure:
+            # Whatever failed, every waiting call must learn it: none of them
+            # may report a hit that is not recorded.
+            count = sum(len(pending.entries) for pending in group)
+            logger.exception("cannot record %d hits in the audit", count)
+            error = failure
+        for pending in group:
+            pending.settle(error)
+            if self._backlog is not None:
+                self._backlog.dec(len(pending.entries))
+
+    def entries(
+        self, *, since: float | None = None, tenant: str | None = None
+    ) -> Iterator[AuditEntry]:
+        """Entries in time order, from `since` on, of one tenant or all."""
+        start = _KEY.pack(_nanoseconds(since or 0.0), 0, 0)
+        with self._environment.begin(db=self._hits) as transaction:
+            cursor = transaction.cursor()
+            if not cursor.set_range(start):
+                return
+            for _, value in cursor:
+                entry = AuditEntry.from_json(bytes(value))
+                if tenant is None or entry.tenant == tenant:
+                    yield entry
+
+    def prune(self, cutoff: float) -> int:
+        """Delete entries older than `cutoff` (seconds since the epoch)."""
+        end = _KEY.pack(_nanoseconds(cutoff), 0, 0)
+        removed = 0
+        while True:
+            with self._write_lock, self._environment.begin(write=True) as txn:
+                cursor = txn.cursor(db=self._hits)
+                chunk = 0
+                if cursor.first():
+                    while chunk < _PRUNE_CHUNK and cursor.key() < end:
+                        if not cursor.delete():
+                            break
+                        chunk += 1
+            removed += chunk
+            if chunk < _PRUNE_CHUNK:
+                return removed
+
+    def close(self) -> None:
+        self._environment.close()
+
+    def _next_key(self, at: float) -> bytes:
+        return _KEY.pack(_nanoseconds(at), self._pid, next(self._counter) & 0xFFFFFFFF)
+
+
+class _Pending:
+    """One call's entries, queued until a commit settles them."""
+
+    def __init__(self, entries: Sequence[AuditEntry]) -> None:
+        self.entries = entries
+        self.is_settled = False
+        self.error: Exception | None = None
+
+    def settle(self, error: Exception | None) -> None:
+        self.error = error
+        self.is_settled = True
+
+
+class AuditPruner:
+    """Prunes an audit log in a daemon thread: at start, then every interval."""
+
+    def __init__(
+        self,
+        audit: AuditLog,
+        retention_seconds: float,
+        interval_seconds: float = 3600.0,
+    ) -> None:
+        self._audit = audit
+        self._retention_seconds = retention_seconds
+        self._interval_seconds = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="audit-pruner", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                removed = self._audit.prune(time.time() - self._retention_seconds)
+                if removed:
+                    logger.info("pruned %d audit entries past retention", removed)
+            except Exception:
+                logger.exception("pruning the audit failed; trying again later")
+            if self._stop.wait(self._interval_seconds):
+                return
+
+
+def entries_for_hits(
+    caller: Caller | None,
+    algorithm: Algorithm,
+    batch: bytes,
+    hits: TableHits,
+    sequence: int = 0,
+) -> list[AuditEntry]:
+    """One entry per hit of a batch, as the caller was told about it."""
+    now = time.time()
+    width = algorithm.width
+    provenances = [
+        tuple((match.list, match.category) for match in provenance)
+        for provenance in hits.provenances
+    ]
+    tenant = caller.tenant_name if caller else ""
+    request_id = caller.request_id if caller else ""
+    peer = caller.peer if caller else ""
+    return [
+        AuditEntry(
+            time=now,
+            tenant=tenant,
+            algorithm=algorithm.value,
+            hash=batch[position * width : (position + 1) * width].hex(),
+            lists=provenances[provenance],
+            request_id=request_id,
+            peer=peer,
+            generation=hits.generation,
+            sequence=sequence,
+        )
+        for position, provenance in zip(
+            hits.positions.tolist(), hits.provenance_of.tolist(), strict=True
+        )
+    ]
+
+
+def _nanoseconds(seconds: float) -> int:
+    """Seconds as a key's nanoseconds, clamped to what 8 bytes hold (to 2554)."""
+    return min(max(0, int(seconds * 1e9)), _LAST_NANOSECOND)
