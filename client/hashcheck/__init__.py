@@ -23,6 +23,7 @@ from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
 from hashcheck._async_client import AsyncClient
 from hashcheck._client import Client
 from hashcheck._config import TLSOptions
+from hashcheck._disputes import Withdrawal
 from hashcheck._exceptions import (
     AuthenticationError,
     CallError,
@@ -84,6 +85,7 @@ __all__ = [
     "TLSOptions",
     "VerifiedManifest",
     "VerifiedReceipt",
+    "Withdrawal",
     "__version__",
     "hash_file",
     "infer_algorithm",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 from collections.abc import (
     AsyncIterable,
@@ -30,6 +31,12 @@ from hashcheck._config import (
     resolve_api_key,
     resolve_target,
 )
+from hashcheck._disputes import (
+    Withdrawal,
+    dispute_request,
+    withdrawals_from_reply,
+    withdrawals_request,
+)
 from hashcheck._exceptions import (
     CallError,
     ServerError,
@@ -46,6 +53,7 @@ from hashcheck._packing import (
     require_whole_hashes,
     resolve_algorithm,
 )
+from hashcheck._receipts import Receipt
 from hashcheck._wire import (
     StreamLedger,
     check_request,
@@ -193,6 +201,34 @@ class AsyncClient:
             )
         )
         return info_from_reply(reply)
+
+    async def dispute(
+        self,
+        hash: str | bytes,
+        reason: str,
+        algorithm: Algorithm | str | None = None,
+        receipt: Receipt | None = None,
+    ) -> str:
+        """Contest a hit, saying why; returns the dispute's id, as `Client.dispute`."""
+        request = dispute_request(hash, reason, algorithm, receipt)
+        reply = await self._call_unary(
+            lambda: self._stub.Dispute(
+                request, timeout=self._timeout_seconds, metadata=self._metadata
+            )
+        )
+        return reply.dispute_id
+
+    async def withdrawals(
+        self, since: float | datetime.datetime = 0.0
+    ) -> list[Withdrawal]:
+        """Hits reported to this caller since withdrawn, as `Client.withdrawals`."""
+        request = withdrawals_request(since)
+        reply = await self._call_unary(
+            lambda: self._stub.ListWithdrawals(
+                request, timeout=self._timeout_seconds, metadata=self._metadata
+            )
+        )
+        return withdrawals_from_reply(reply)
 
     async def close(self) -> None:
         """Close the channel; calls still running are cancelled."""

@@ -7,11 +7,14 @@
     hashcheck check|scan ... --receipts FILE
     hashcheck verify --public-key KEY RECEIPTS...
     hashcheck verify-manifest --public-key KEY FILE
+    hashcheck dispute --server HOST:PORT [--algorithm ALG] HASH --reason TEXT
+    hashcheck withdrawals --server HOST:PORT [--since ISO-TIME]
 
 Outside scripts drive these forms, so they stay as they are. Each hit is one
 JSON line on stdout (see `_output`); errors and progress go to stderr. The
 exit status is grep's: 0 when nothing hit, 1 when something did, 2 on error.
-Receipts and `verify` are described in `_receipt_cli`.
+Receipts and `verify` are described in `_receipt_cli`; `dispute` and
+`withdrawals`, which exit 0 on success, in `_disputes_cli`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from hashcheck._config import (
     TARGET_ENV,
     TLSOptions,
 )
+from hashcheck._disputes_cli import add_recourse_commands
 from hashcheck._exceptions import HashCheckError, InvalidHash
 from hashcheck._hexlines import read_hex_batches
 from hashcheck._output import HitWriter
@@ -96,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scan_command(commands, connection)
     _add_info_command(commands, connection)
     add_verify_commands(commands)
+    add_recourse_commands(commands, connection, _client_for, _algorithm_argument)
     return parser
 
 
@@ -330,6 +335,8 @@ def _run_info(args: argparse.Namespace) -> int:
                 "service_version": info.service_version,
                 "generation": info.generation,
                 "generation_committed_at": info.generation_committed_at,
+                "generation_digest": info.generation_digest,
+                "tenant": info.tenant,
                 "max_batch_hashes": info.max_batch_hashes,
                 "default_max_distance": info.default_max_distance,
                 "max_distance_cap": info.max_distance_cap,

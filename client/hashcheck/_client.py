@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -23,6 +24,12 @@ from hashcheck._config import (
     resolve_api_key,
     resolve_target,
 )
+from hashcheck._disputes import (
+    Withdrawal,
+    dispute_request,
+    withdrawals_from_reply,
+    withdrawals_request,
+)
 from hashcheck._exceptions import (
     automatic_wait_seconds,
     rpc_errors_translated,
@@ -36,6 +43,7 @@ from hashcheck._packing import (
     require_whole_hashes,
     resolve_algorithm,
 )
+from hashcheck._receipts import Receipt
 from hashcheck._wire import (
     StreamLedger,
     check_request,
@@ -205,6 +213,49 @@ class Client:
             )
         )
         return info_from_reply(reply)
+
+    def dispute(
+        self,
+        hash: str | bytes,
+        reason: str,
+        algorithm: Algorithm | str | None = None,
+        receipt: Receipt | None = None,
+    ) -> str:
+        """Contest a hit, saying why; returns the dispute's id.
+
+            dispute_id = client.dispute(hit.hash, "a stock photo of our CMS")
+
+        Only a hash the server reported to this caller as a hit can be
+        disputed, or one whose `receipt` (`hit.receipt`) is sent along;
+        otherwise InvalidRequest, whether or not the hash is listed. Disputing
+        a hash again while its dispute is open returns the same id.
+        """
+        request = dispute_request(hash, reason, algorithm, receipt)
+        reply = self._call_unary(
+            lambda: self._stub.Dispute(
+                request, timeout=self._timeout_seconds, metadata=self._metadata
+            )
+        )
+        return reply.dispute_id
+
+    def withdrawals(self, since: float | datetime.datetime = 0.0) -> list[Withdrawal]:
+        """Hashes reported to this caller as hits that have since been withdrawn.
+
+            for withdrawal in client.withdrawals(since=last_run):
+                print(withdrawal.hex, withdrawal.lists, withdrawal.withdrawn_at)
+
+        Only withdrawals after `since` (a datetime, UTC if naive, or seconds
+        since the epoch), oldest first: a hash is withdrawn once it gives
+        this caller no hit any more, because it was taken off the lists it
+        was reported on.
+        """
+        request = withdrawals_request(since)
+        reply = self._call_unary(
+            lambda: self._stub.ListWithdrawals(
+                request, timeout=self._timeout_seconds, metadata=self._metadata
+            )
+        )
+        return withdrawals_from_reply(reply)
 
     def close(self) -> None:
         """Close the channel; calls still running are cancelled."""

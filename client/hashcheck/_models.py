@@ -154,3 +154,8 @@ class Info:
     #: the largest it allows; 0 from servers without PDQ.
     default_max_distance: int = 0
     max_distance_cap: int = 0
+    #: The tenant the server authenticated the caller as; "" without tenants.
+    tenant: str = ""
+    #: A digest of the served generation's content, equal on every replica
+    #: that serves the same data; "" from servers that record none.
+    generation_digest: str = ""

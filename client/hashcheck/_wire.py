@@ -109,6 +109,8 @@ def info_from_reply(reply: hashcheck_pb2.Info) -> Info:
         max_batch_hashes=reply.max_batch_hashes,
         default_max_distance=reply.default_max_distance,
         max_distance_cap=reply.max_distance_cap,
+        tenant=reply.tenant,
+        generation_digest=reply.generation_digest,
     )
 
 

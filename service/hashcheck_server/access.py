@@ -27,11 +27,13 @@ on any other address unless `--insecure-no-auth` is given. Once a tenant is
 added, keys are required from the next poll on, without a restart.
 
 Tenants are re-read when their version changes: one tiny read transaction
-per poll interval (a follower re-reads them from each new snapshot).
+per poll interval (a follower re-reads them from each new snapshot). A
+follower beyond loopback demands keys even before its first snapshot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -53,14 +55,17 @@ from hashcheck_server.errors import (
     BadRequest,
     Forbidden,
     HashCheckError,
+    NotReady,
     OverLimit,
     Unauthenticated,
     UnsafeListen,
 )
+from hashcheck_server.follow import SnapshotFollower
 from hashcheck_server.limits import StreamSlots, TokenBuckets
 from hashcheck_server.metrics import ServerMetrics
 from hashcheck_server.refusals import RefusalRecorder
 from hashcheck_server.servicer import abort_with, status_for
+from hashcheck_server.serving import GenerationKeeper
 from hashcheck_server.snapshot import current_snapshot
 from hashcheck_server.tenants import TenantSnapshot, read_version
 from hashcheck_server.transport import ServerTLS, bind, is_loopback
@@ -120,6 +125,9 @@ class TenantDirectory:
         self._load = load
         self._seen = version()
         self.snapshot = load()
+        #: May calls go without a key while there is no tenant? Only on
+        #: loopback or with --insecure-no-auth (see AccessControl.start).
+        self.is_open_allowed = True
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -131,16 +139,25 @@ class TenantDirectory:
         )
 
     @classmethod
-    def of_snapshot_root(cls, root: Path) -> TenantDirectory:
-        """Tenants of whatever snapshot ``root/current`` names (a follower)."""
+    def of_follower(cls, follower: SnapshotFollower) -> TenantDirectory:
+        """Tenants of the snapshot a follower serves (hashcheck_server.follow).
+
+        Read through the follower's open environment, under a lease so that
+        it stays open; before the first snapshot is served, straight from
+        the snapshot that ``current`` names.
+        """
 
         def load() -> TenantSnapshot:
-            snapshot = current_snapshot(root)
+            with contextlib.suppress(NotReady), follower.lease():
+                environment = follower.served_environment
+                if environment is not None:
+                    return TenantSnapshot.load(environment)
+            snapshot = current_snapshot(follower.root)
             if snapshot is None:
                 return TenantSnapshot(0, b"", ())
             return TenantSnapshot.load_snapshot_directory(snapshot)
 
-        return cls(lambda: current_snapshot(root), load)
+        return cls(lambda: (follower.snapshot, current_snapshot(follower.root)), load)
 
     def refresh(self) -> None:
         """Re-read the tenants if their version moved since the last look."""
@@ -215,7 +232,7 @@ class AccessInterceptor(_ServerInterceptor):
         request_id = _request_id(metadata.get(_REQUEST_ID_KEY))
         peer = context.peer()
         snapshot = self._directory.snapshot
-        if not snapshot.requires_keys:
+        if not snapshot.requires_keys and self._directory.is_open_allowed:
             return Caller(None, request_id, peer)
 
         key = _bearer_key(metadata.get("authorization"))
@@ -312,18 +329,26 @@ class AccessControl:
         data: Path,
         listen: str,
         environment: layout.Environment | None,
+        keeper: GenerationKeeper,
         metrics: ServerMetrics,
         reload_interval_seconds: float,
     ) -> AccessControl:
-        """Read the tenants, refuse an unsafe address, open the audit, start polls."""
-        directory = (
-            TenantDirectory.of_environment(environment)
-            if environment is not None
-            else TenantDirectory.of_snapshot_root(data)
-        )
-        check_listen_is_safe(
-            listen, bool(directory.snapshot.tenants), config.insecure_no_auth
-        )
+        """Read the tenants, refuse an unsafe address, open the audit, start polls.
+
+        A follower may start before its first snapshot arrives, so it is not
+        refused for having no tenants yet; instead, beyond loopback and
+        without `--insecure-no-auth`, it demands keys even while it has none.
+        """
+        is_open_allowed = is_loopback(listen) or config.insecure_no_auth
+        if environment is None and isinstance(keeper, SnapshotFollower):
+            directory = TenantDirectory.of_follower(keeper)
+        else:
+            assert environment is not None, "only followers have no environment"
+            directory = TenantDirectory.of_environment(environment)
+            check_listen_is_safe(
+                listen, bool(directory.snapshot.tenants), config.insecure_no_auth
+            )
+        directory.is_open_allowed = is_open_allowed
         if (
             directory.snapshot.tenants
             and config.tls is None
@@ -395,16 +420,14 @@ def access_config(
 
 def check_start(data: Path, follow: bool, listen: str, config: AccessConfig) -> None:
     """What `start` would refuse, checked once before workers are spawned."""
-    if follow:
-        directory = TenantDirectory.of_snapshot_root(data)
-    else:
+    if not follow:
         environment = layout.Environment(data, readonly=True)
         try:
             directory = TenantDirectory.of_environment(environment)
         finally:
             environment.close()
-    has_tenants = bool(directory.snapshot.tenants)
-    check_listen_is_safe(listen, has_tenants, config.insecure_no_auth)
+        has_tenants = bool(directory.snapshot.tenants)
+        check_listen_is_safe(listen, has_tenants, config.insecure_no_auth)
     if config.tls is not None:
         config.tls.credentials()
 

@@ -19,6 +19,8 @@
     hashcheck-server keys generate|show --data DIR ...  (see provenance_cli)
     hashcheck-server manifest --data DIR [--out FILE]
     hashcheck-server manifest verify FILE --public-key KEY
+    hashcheck-server quarantine list|release ...  (see hashcheck_server.review_cli)
+    hashcheck-server disputes list|resolve ...
 
 The forms above are driven by scripts outside the project: keep them stable.
 Every command exits 0 on success and 2 with one clear message on error.
@@ -38,7 +40,14 @@ import numpy as np
 
 from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
 from hashcheck._progress import ProgressBar
-from hashcheck_server import cli_ops, config, layout, provenance_cli, tenant_cli
+from hashcheck_server import (
+    cli_ops,
+    config,
+    layout,
+    provenance_cli,
+    review_cli,
+    tenant_cli,
+)
 from hashcheck_server.errors import HashCheckError
 from hashcheck_server.formats import infer_format, read_hash_file
 from hashcheck_server.importer import prepare_entries
@@ -90,6 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cli_ops.add_commands(commands)
     tenant_cli.add_commands(commands)
     provenance_cli.add_commands(commands)
+    review_cli.add_commands(commands)
     return parser
 
 

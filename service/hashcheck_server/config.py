@@ -32,6 +32,7 @@ from typing import Any
 from hashcheck._version import __version__
 from hashcheck_server.access import access_config
 from hashcheck_server.errors import HashCheckError
+from hashcheck_server.floods import QuarantinePolicy
 from hashcheck_server.server import ServerConfig
 from hashcheck_server.servicer import CheckPolicy
 
@@ -115,7 +116,7 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
         "pdq_max_distance",
         int,
         31,
-        "PDQ: the largest Hamming distance a request may ask for (0-256; "
+        "PDQ: the largest Hamming distance a request may ask for (0-64; "
         "above 47 each PDQ check is a linear scan)",
     ),
     Setting(
@@ -140,6 +141,20 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
         float,
         365.0,
         "prune audit entries older than this many days; 0 keeps them",
+    ),
+    # Flood quarantine (hashcheck_server.floods).
+    Setting(
+        "quarantine_tenants",
+        int,
+        5,
+        "hold a hash once it hits for this many tenants within "
+        "--quarantine-window, counted per server process; 0 turns it off",
+    ),
+    Setting(
+        "quarantine_window",
+        float,
+        3600.0,
+        "seconds within which --quarantine-tenants must hit a hash",
     ),
     # Receipts (hashcheck_server.signing): the hotline's Ed25519 key.
     Setting(
@@ -359,15 +374,35 @@ def server_config(effective: EffectiveConfig) -> ServerConfig:
             audit_retention_days=effective["audit_retention_days"],
         ),
         signing_key_file=effective["signing_key"],
+        quarantine=_quarantine_policy(effective),
     )
+
+
+def _quarantine_policy(effective: EffectiveConfig) -> QuarantinePolicy:
+    tenants, window = effective["quarantine_tenants"], effective["quarantine_window"]
+    if tenants < 0 or window < 0:
+        raise ConfigError(
+            "--quarantine-tenants and --quarantine-window must be 0 or more "
+            "(0 turns the quarantine off)."
+        )
+    return QuarantinePolicy(tenants=tenants, window_seconds=window)
+
+
+#: The largest PDQ distance a server may allow (see _pdq_distances).
+PDQ_LARGEST_DISTANCE = 64
 
 
 def _pdq_distances(effective: EffectiveConfig) -> dict[str, int]:
     cap = effective["pdq_max_distance"]
     default = effective["pdq_default_distance"]
     default = cap if default is None else default
-    if not 0 <= cap <= 256:
-        raise ConfigError("--pdq-max-distance must be from 0 to 256.")
+    # Random 256-bit hashes are about 128 bits apart; far beyond 64, unrelated
+    # hashes would start to match and every check would return many pairs.
+    if not 0 <= cap <= PDQ_LARGEST_DISTANCE:
+        raise ConfigError(
+            f"--pdq-max-distance must be from 0 to {PDQ_LARGEST_DISTANCE} "
+            "(the field uses 31)."
+        )
     if not 0 <= default <= cap:
         raise ConfigError(
             "--pdq-default-distance must be from 0 to --pdq-max-distance."

@@ -17,7 +17,11 @@ two different stores can produce the same byte stream:
    ``b"member"``, the key, then the bitmap's rows as little-endian uint32;
 3. every list record, in name order: ``b"list"``, the name, then the record
    as canonical JSON without its timestamps (``*_at``): its kind and state
-   decide whether its memberships hit, while when it was imported does not.
+   decide whether its memberships hit, while when it was imported does not;
+4. every hash on hold in the quarantine (hashcheck_server.quarantine), in
+   LMDB key order: ``b"held"``, then its key (algorithm and raw hash). Held
+   hashes give no hits; a store that never held one adds nothing here, so
+   its digest is what it was before the quarantine existed.
 
 The bitmap's rows are hashed rather than its serialized form, because roaring
 may encode one set of rows in more than one way. Equal digests mean equal
@@ -64,6 +68,12 @@ def content_digest(environment: layout.Environment, transaction: Any) -> str:
         }
         canonical = json.dumps(record, sort_keys=True).encode()
         _update(digest, b"list", bytes(key), canonical)
+    if environment.quarantine is not None:
+        for key, value in transaction.cursor(db=environment.quarantine):
+            # "held" is hashcheck_server.quarantine.HELD (importing it here
+            # would be circular: the quarantine commits through this digest).
+            if json.loads(bytes(value))["status"] == "held":
+                _update(digest, b"held", bytes(key))
     return digest.hexdigest()
 
 

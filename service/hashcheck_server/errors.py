@@ -10,6 +10,8 @@
     ├── UnsafeListen                no tenants, a non-loopback address, no opt-out
     ├── ReceiptsUnavailable         receipts asked of a server without a signing key
     │                               (FAILED_PRECONDITION)
+    ├── Unsupported                 a call this server is not set up to take: a
+    │                               dispute sent to a replica (FAILED_PRECONDITION)
     ├── SigningKeyError             the signing key file cannot be made or read
     ├── ImportRejected              an import file cannot be used; nothing was committed
     │   └── MalformedInput          lines that cannot be read, each with its reason
@@ -48,6 +50,7 @@ __all__ = [
     "UnknownList",
     "UnknownTenant",
     "UnsafeListen",
+    "Unsupported",
 ]
 
 
@@ -89,6 +92,10 @@ class UnsafeListen(HashCheckError):
 
 class ReceiptsUnavailable(HashCheckError):
     """Receipts were asked for, but this server has no key to sign them with."""
+
+
+class Unsupported(HashCheckError):
+    """A call this server is not set up to take, such as a dispute on a replica."""
 
 
 class SigningKeyError(HashCheckError):

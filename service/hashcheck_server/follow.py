@@ -50,6 +50,10 @@ class SnapshotFollower(GenerationKeeper):
         super().__init__(None, on_switch=on_switch)
         self.root = root
         self._snapshot: Path | None = None
+        #: The open environment of the snapshot served now. LMDB allows one
+        #: handle per path and process, so readers of other databases of the
+        #: snapshot (the tenants) go through this one.
+        self.served_environment: layout.Environment | None = None
 
     @property
     def snapshot(self) -> Path | None:
@@ -81,5 +85,6 @@ class SnapshotFollower(GenerationKeeper):
             raise
         self._install(generation, on_closed=environment.close)
         self._snapshot = snapshot
+        self.served_environment = environment
         log_switch(generation, time.perf_counter() - started, snapshot)
         return generation

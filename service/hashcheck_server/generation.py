@@ -15,6 +15,9 @@ PDQ is matched within a Hamming distance instead of exactly: its rows are
 found by the near-duplicate index (hashcheck_server.pdq_index), then named
 by the same provenance step, so lists, allow lists and dead rows work alike.
 A hit then carries its distance, and a checked hash may hit several rows.
+
+Quarantine: rows of hashes on hold (hashcheck_server.quarantine) never hit,
+exactly like allow-listed rows, until an operator releases or removes them.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy.typing as npt
 from pyroaring import BitMap
 
 from hashcheck._algorithms import Algorithm
-from hashcheck_server import layout, pdq_index
+from hashcheck_server import layout, pdq_index, quarantine
 from hashcheck_server.lookup import LayeredTable, SortedTable
 
 __all__ = ["Generation", "ListMatch", "Membership", "TableHits"]
@@ -84,6 +87,8 @@ class _AlgorithmState:
     memberships: list[Membership] = field(default_factory=list)
     #: Rows on a live allow list: known-benign hashes, which never hit.
     allowed: BitMap = field(default_factory=BitMap)
+    #: Rows of hashes on hold in the quarantine, which never hit either.
+    held: BitMap = field(default_factory=BitMap)
     #: PDQ: the near-duplicate index over the table's rows.
     near: pdq_index.LayeredNearIndex | None = None
 
@@ -98,13 +103,18 @@ class Generation:
         transaction: Any,
         states: dict[Algorithm, _AlgorithmState],
         digest: str = "",
+        environment: layout.Environment | None = None,
+        held_count: int = 0,
     ) -> None:
         self.number = number
         self.committed_at = committed_at
         #: The content digest from the generation record (hashcheck_server.digest).
         self.digest = digest
+        #: How many hashes the quarantine holds in this generation.
+        self.held_count = held_count
         self._transaction = transaction
         self._states = states
+        self._environment = environment
 
     @classmethod
     def load(cls, environment: layout.Environment) -> Generation:
@@ -116,16 +126,40 @@ class Generation:
                 list_record.name: list_record
                 for list_record in layout.read_list_records(environment, transaction)
             }
+            held = quarantine.held_hashes(environment, transaction)
             states = {
-                algorithm: _load_algorithm(environment, transaction, algorithm, lists)
+                algorithm: _load_algorithm(
+                    environment, transaction, algorithm, lists, held.get(algorithm)
+                )
                 for algorithm in layout.stored_algorithms(environment, transaction)
             }
         except BaseException:
             transaction.abort()
             raise
+        held_count = sum(len(packed) // a.width for a, packed in held.items())
         return cls(
-            record.number, record.committed_at, transaction, states, record.digest
+            record.number,
+            record.committed_at,
+            transaction,
+            states,
+            record.digest,
+            environment,
+            held_count,
         )
+
+    @property
+    def environment(self) -> layout.Environment | None:
+        """The environment this generation was mapped from; None if built by hand."""
+        return self._environment
+
+    @property
+    def transaction(self) -> Any:
+        """The generation's read transaction, for records kept beside its tables.
+
+        What is read through it (withdrawal events, say) belongs to this
+        generation. Valid only while the generation is leased.
+        """
+        return self._transaction
 
     @property
     def algorithms(self) -> Sequence[Algorithm]:
@@ -182,6 +216,8 @@ class Generation:
         found_rows = BitMap(rows.astype(np.uint32))
         if state.allowed:
             found_rows -= state.allowed
+        if state.held:
+            found_rows -= state.held
         # flags[i, k]: is rows[i] in membership k? One column per membership
         # that any found row is in, so the matrix stays as small as the hits.
         columns: list[ListMatch] = []
@@ -265,6 +301,7 @@ def _load_algorithm(
     transaction: Any,
     algorithm: Algorithm,
     lists: dict[str, layout.ListRecord],
+    held: bytes | None = None,
 ) -> _AlgorithmState:
     parts = []
     near_parts = []
@@ -290,4 +327,6 @@ def _load_algorithm(
             state.memberships.append(Membership(ListMatch(name, category), bitmap))
         elif list_record.is_live_allow:
             state.allowed |= bitmap
+    if held:
+        state.held = BitMap(state.table.find(held).rows.astype(np.uint32))
     return state

@@ -38,6 +38,24 @@ Named databases and their records:
   key); ``secret`` -> the 32-byte HMAC key; ``version`` -> JSON {"number",
   "changed_at"}, bumped by every tenant change. A tenant change also writes a
   new generation record (same digest), so snapshots carry it to replicas.
+- ``quarantine`` (hashcheck_server.quarantine): ``<alg> NUL <raw hash>`` ->
+  JSON {"algorithm", "hash", "held_at", "tenants", "window_seconds",
+  "status", "changed_at"}: a hash that flooded, with status "held" (it gives
+  no hits, as if allow-listed), "released" (hits again, and is never held
+  automatically again) or "removed" (taken off every list). Holding and
+  releasing commit a new generation; held hashes are part of the digest.
+- ``disputes`` (hashcheck_server.disputes): ``<dispute id>`` -> JSON
+  {"id", "tenant", "algorithm", "hash", "reason", "receipt", "evidence",
+  "created_at", "status", "resolved_at", "note"}: a tenant contesting a hit,
+  "open" until an operator makes it "upheld" or "rejected". Disputes change
+  no answer, so they commit no generation.
+- ``withdrawals`` (hashcheck_server.withdrawals): 16 bytes, big-endian
+  nanoseconds since the epoch (8), process id (4), counter (4) -> JSON
+  {"time", "generation", "change", "list", "algorithm", "hashes"}: one event
+  per list and algorithm of a change that stopped hashes hitting on a live
+  block list ("hashes": the hex of the raw hashes end to end), or one per
+  retired list ("algorithm" null, "hashes" empty). Written in the change's
+  own transaction; tenants' withdrawal notices join them with the audit.
 
 The audit log of hits is not here but in its own environment, ``audit/``
 below the data directory by default (hashcheck_server.audit), so that
@@ -166,6 +184,9 @@ class Environment:
             self.members = self._open_db(b"members", readonly)
             self.lists = self._open_db(b"lists", readonly)
             self.records = self._open_db(b"records", readonly)
+            self.quarantine = self._open_db(b"quarantine", readonly)
+            self.disputes = self._open_db(b"disputes", readonly)
+            self.withdrawals = self._open_db(b"withdrawals", readonly)
             self._check_format(create and not readonly)
         except lmdb.Error as error:
             raise translate_lmdb_error(error, self.path) from error

@@ -97,8 +97,9 @@ MAX_PROBE_RADIUS = 2
 SCHEME = "mih-16x16"
 
 #: Candidates verified at once. About 200,000 (some 6 MB of gathered rows)
-#: keeps one run in the caches of a small server; measured in
-#: benchmarks/pdq, where twice as many ran at half the speed.
+#: keeps one run in the caches of a small server: at 1.4 million hashes,
+#: runs of 400,000 were some 30% slower, and of 25,000 some 15% slower, from
+#: numpy's per-call overhead (benchmarks/pdq/RESULTS.md).
 _CANDIDATE_BUDGET = 200_000
 
 #: Queries probed at once: bounds the (queries, slots, probes) arrays.

@@ -32,7 +32,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server import layout
 from hashcheck_server.access import AccessConfig, AccessControl
+from hashcheck_server.disputes import DisputeDesk
 from hashcheck_server.errors import NotReady
+from hashcheck_server.floods import QuarantineGuard, QuarantineMetrics, QuarantinePolicy
 from hashcheck_server.follow import SnapshotFollower
 from hashcheck_server.generation import Generation
 from hashcheck_server.metrics import ServerMetrics
@@ -79,6 +81,8 @@ class ServerConfig:
     #: The receipt signing key; None: `data`/signing-key.pem if it exists
     #: (hashcheck_server.signing). Without a key, receipts are refused.
     signing_key_file: Path | None = None
+    #: When a hash that floods is put on hold (hashcheck_server.floods).
+    quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
 
 
 class RunningServer:
@@ -94,6 +98,7 @@ class RunningServer:
         registry: CollectorRegistry,
         drain_delay_seconds: float = 0.0,
         access: AccessControl | None = None,
+        quarantine: QuarantineGuard | None = None,
     ) -> None:
         self.port = port
         self.registry = registry
@@ -108,6 +113,7 @@ class RunningServer:
         self._keeper = keeper
         self._environment = environment
         self._health = health_servicer
+        self._quarantine = quarantine
         self._stopped = threading.Event()
 
     def wait(self) -> None:
@@ -124,6 +130,8 @@ class RunningServer:
         self._health.enter_graceful_shutdown()
         time.sleep(self._drain_delay_seconds)
         self._server.stop(grace_seconds).wait()
+        if self._quarantine is not None:
+            self._quarantine.stop()
         self._keeper.stop()
         if self.access is not None:
             self.access.close()
@@ -144,15 +152,24 @@ def start_server(
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    quarantine_metrics = QuarantineMetrics(registry)
     environment, keeper = _open_keeper(
-        config, lambda g: _record_switch(metrics, health_servicer, g)
+        config,
+        lambda g: _record_switch(metrics, health_servicer, g, quarantine_metrics),
     )
-    access = _start_access(config, environment, metrics)
+    access = _start_access(config, environment, keeper, metrics)
+    quarantine = _quarantine_guard(config, environment, quarantine_metrics)
 
     server = _grpc_server(config, access)
     hashcheck_pb2_grpc.add_HashCheckServicer_to_server(
         HashCheckServicer(
-            keeper, metrics, config.policy, access.audit, signing_key=signing_key
+            keeper,
+            metrics,
+            config.policy,
+            access.audit,
+            signing_key=signing_key,
+            quarantine=quarantine,
+            disputes=DisputeDesk(environment, access.audit, signing_key),
         ),
         server,
     )
@@ -166,6 +183,8 @@ def start_server(
         raise OSError(
             f"Cannot listen on {config.listen}: the address is taken or invalid."
         )
+    if quarantine is not None:
+        quarantine.start()
     server.start()
 
     _map_first_generation(config, keeper)
@@ -190,6 +209,7 @@ def start_server(
         registry,
         config.drain_delay_seconds,
         access,
+        quarantine,
     )
 
 
@@ -211,6 +231,7 @@ def serve_until_signalled(config: ServerConfig) -> None:
 def _start_access(
     config: ServerConfig,
     environment: layout.Environment | None,
+    keeper: GenerationKeeper,
     metrics: ServerMetrics,
 ) -> AccessControl:
     """Tenants, audit and TLS; the store is closed again if they cannot start."""
@@ -220,6 +241,7 @@ def _start_access(
             data=config.data,
             listen=config.listen,
             environment=environment,
+            keeper=keeper,
             metrics=metrics,
             reload_interval_seconds=config.reload_interval_seconds,
         )
@@ -272,12 +294,39 @@ def _map_first_generation(config: ServerConfig, keeper: GenerationKeeper) -> Non
         logger.info("waiting for a snapshot in %s", config.data)
 
 
+def _quarantine_guard(
+    config: ServerConfig,
+    environment: layout.Environment | None,
+    metrics: QuarantineMetrics,
+) -> QuarantineGuard | None:
+    """The flood counter, unless turned off; a replica holds no hashes itself."""
+    policy = config.quarantine
+    if environment is None:
+        logger.info(
+            "flood quarantine: not counted on a replica; holds arrive with the "
+            "primary's snapshots"
+        )
+        return None
+    if not policy.is_enabled:
+        logger.info("flood quarantine off")
+        return None
+    logger.info(
+        "flood quarantine: a hash that hits for %d tenants within %g s is held "
+        "(counted per server process)",
+        policy.tenants,
+        policy.window_seconds,
+    )
+    return QuarantineGuard(environment, policy, metrics)
+
+
 def _record_switch(
     metrics: ServerMetrics,
     health_servicer: health.HealthServicer,
     generation: Generation,
+    quarantine_metrics: QuarantineMetrics,
 ) -> None:
     metrics.record_switch(generation)
+    quarantine_metrics.record_switch(generation)
     # Ignored once draining: the health servicer keeps NOT_SERVING then.
     _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
 

@@ -13,6 +13,7 @@ Mapping, for every method:
   reported unrecorded;
 - ReceiptsUnavailable (receipts asked of a server without a signing key):
   FAILED_PRECONDITION, before any lookup;
+- Unsupported (a dispute sent to a replica, say): FAILED_PRECONDITION;
 - anything else: INTERNAL with a fixed message. The traceback goes to the log,
   never to the caller: grpcio would otherwise send the exception text, and
   internals or list contents must not leave the server.
@@ -38,6 +39,7 @@ from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server import pdq_index
 from hashcheck_server.audit import AuditLog, entries_for_hits
 from hashcheck_server.caller import Caller, current_caller
+from hashcheck_server.disputes import DisputeDesk
 from hashcheck_server.errors import (
     AccessRefused,
     AuditFailed,
@@ -48,13 +50,16 @@ from hashcheck_server.errors import (
     OverLimit,
     ReceiptsUnavailable,
     Unauthenticated,
+    Unsupported,
 )
+from hashcheck_server.floods import QuarantineGuard
 from hashcheck_server.generation import Generation, ListMatch, TableHits
 from hashcheck_server.metrics import ServerMetrics
 from hashcheck_server.receipts import sign_receipts
 from hashcheck_server.refusals import RefusalRecorder
 from hashcheck_server.serving import GenerationKeeper
 from hashcheck_server.signing import SigningKey
+from hashcheck_server.withdrawals import list_withdrawals
 
 __all__ = ["CheckPolicy", "HashCheckServicer", "Status", "abort_with", "status_for"]
 
@@ -111,7 +116,7 @@ def status_for(error: HashCheckError) -> Status:
         return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), trailers)
     if isinstance(error, NotReady | AuditFailed):
         return Status(grpc.StatusCode.UNAVAILABLE, str(error))
-    if isinstance(error, ReceiptsUnavailable):
+    if isinstance(error, ReceiptsUnavailable | Unsupported):
         return Status(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     return Status(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE)
 
@@ -141,6 +146,8 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         policy: CheckPolicy,
         audit: AuditLog | None = None,
         signing_key: SigningKey | None = None,
+        quarantine: QuarantineGuard | None = None,
+        disputes: DisputeDesk | None = None,
     ) -> None:
         self._keeper = keeper
         self._metrics = metrics
@@ -150,6 +157,10 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         self._refusals = RefusalRecorder(metrics)
         #: Signs receipts (hashcheck_server.receipts); None refuses them.
         self._signing_key = signing_key
+        #: Counts hits for floods (hashcheck_server.floods); None counts none.
+        self._quarantine = quarantine
+        #: Takes disputes (hashcheck_server.disputes); None refuses them.
+        self._disputes = disputes
 
     def Check(
         self, request: hashcheck_pb2.CheckRequest, context: grpc.ServicerContext
@@ -182,20 +193,30 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
     def Dispute(
         self, request: hashcheck_pb2.DisputeRequest, context: grpc.ServicerContext
     ) -> hashcheck_pb2.DisputeReply:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "This server takes no disputes yet."
-        )
-        raise AssertionError("unreachable: abort raises")
+        with self._call("Dispute", context):
+            if self._disputes is None:
+                raise Unsupported("This server takes no disputes.")
+            dispute_id = self._disputes.take(request, current_caller())
+            return hashcheck_pb2.DisputeReply(dispute_id=dispute_id)
+        raise AssertionError("unreachable: _call aborts or the block returns")
 
     def ListWithdrawals(
         self,
         request: hashcheck_pb2.ListWithdrawalsRequest,
         context: grpc.ServicerContext,
     ) -> hashcheck_pb2.ListWithdrawalsReply:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "This server keeps no withdrawals yet."
-        )
-        raise AssertionError("unreachable: abort raises")
+        with self._call("ListWithdrawals", context):
+            caller = current_caller()
+            with self._keeper.lease() as generation:
+                return list_withdrawals(
+                    generation,
+                    self._audit,
+                    request,
+                    tenant=caller.tenant_name if caller is not None else "",
+                    visible=_filter_of(caller),
+                    pdq_distance=self._policy.pdq_distance(0),
+                )
+        raise AssertionError("unreachable: _call aborts or the block returns")
 
     @contextmanager
     def _call(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
@@ -210,6 +231,7 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
                 AccessRefused,
                 AuditFailed,
                 ReceiptsUnavailable,
+                Unsupported,
             ) as error:
                 raise _Refusal(status_for(error)) from error
             except GeneratorExit:
@@ -255,6 +277,8 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
                     caller, algorithm, request.hashes, hits, request.sequence
                 )
             )
+        if self._quarantine is not None:
+            self._quarantine.observe(caller, algorithm, request.hashes, hits)
         reply = _reply(request, algorithm, hits)
         if receipt_key is not None:
             tenant = caller.tenant_name if caller is not None else ""

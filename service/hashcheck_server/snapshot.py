@@ -4,7 +4,8 @@ A snapshot is a directory that a server can serve as it is:
 
     OUT/
       data.mdb          the store, copied by LMDB with compaction
-      <sub>/data.mdb    any other LMDB environment beside it (tenants, audit)
+      <sub>/data.mdb    any other LMDB environment beside it, except the
+                        audit log (see below)
       snapshot.json     the manifest: name, generation, digest, and each
                         file's size and SHA-256
 
@@ -272,10 +273,18 @@ def _copy_environments(
     return record, files
 
 
+#: The audit log's default home in a data directory (hashcheck_server.audit).
+#: It records which tenant was told of which hit: the hotline's evidence, not
+#: something replicas serve from, and not to be spread to every replica and
+#: snapshot recipient. Replicas keep audit logs of their own.
+_AUDIT_DIRECTORY = "audit"
+
+
 def _nested_environments(data: Path) -> Iterator[Path]:
-    """Other LMDB environments kept in the data directory (tenants, audit)."""
+    """Other LMDB environments kept in the data directory, but the audit log."""
     for entry in sorted(data.rglob(_DATA_FILE)):
-        if entry.parent != data:
+        relative = entry.parent.relative_to(data)
+        if entry.parent != data and relative.parts[0] != _AUDIT_DIRECTORY:
             yield entry.parent
 
 

@@ -19,6 +19,10 @@ How an import changes a table (one algorithm at a time):
 
 Removing hashes and retiring lists only clear bits: the table keeps the dead
 rows (they never hit) until the next import of that algorithm compacts them.
+
+A change that ends hits (a removal, a retirement, a tombstone, a hash put on
+an allow list) also writes withdrawal events in its transaction, a few per
+change (hashcheck_server.withdrawals), so tenants can learn of it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from hashcheck_server.digest import content_digest
 from hashcheck_server.errors import ImportRejected, UnknownList
 from hashcheck_server.lookup import LayeredTable, SortedTable
 from hashcheck_server.table import build_index, sort_unique_rows
+from hashcheck_server.withdrawals import HitChanges
 
 __all__ = [
     "Entries",
@@ -211,6 +216,7 @@ class HashStore:
             record = self._list_record_for_import(
                 transaction, list_name, source, description, kind, staged
             )
+            changes = HitChanges(self.environment, transaction, "import", record)
             withdrawn = self._withdrawn_hashes(
                 transaction, list_name, withdrawals, record_ids or {}
             )
@@ -230,6 +236,7 @@ class HashStore:
                     rebuild=rebuild,
                     withdrawn=withdrawn.get(algorithm),
                     allow_lists=allow_lists,
+                    changes=changes,
                 )
             self._remember_records(
                 transaction, list_name, record_ids or {}, withdrawals
@@ -237,6 +244,7 @@ class HashStore:
             layout.write_list_record(self.environment, transaction, record)
             change = f"import into {list_name}: +{report.total('added')}"
             report.generation = self._commit_generation(transaction, change)
+            changes.record(report.generation)
 
         report.seconds = time.perf_counter() - started
         logger.info(
@@ -269,6 +277,8 @@ class HashStore:
             if list_name is not None:
                 self._require_list(transaction, list_name)
             found_rows = self._find_rows(transaction, algorithm, hashes)
+            changes = HitChanges(self.environment, transaction, "remove")
+            changes.note_removal(algorithm, found_rows, list_name)
             removed = BitMap()
             for key, (name, _, bitmap) in self._membership_items(
                 transaction, algorithm
@@ -283,6 +293,7 @@ class HashStore:
             generation = self._commit_generation(
                 transaction, f"remove {len(removed)} {algorithm.value} from {scope}"
             )
+            changes.record(generation)
         logger.info(
             "removed %d %s hashes from %s: generation %d",
             len(removed),
@@ -296,6 +307,8 @@ class HashStore:
         """Delete a list and its memberships; returns (hashes it held, generation)."""
         with self._changing() as transaction:
             self._require_list(transaction, list_name)
+            changes = HitChanges(self.environment, transaction, "retire")
+            changes.note_retirement(list_name)
             held = 0
             for algorithm in layout.stored_algorithms(self.environment, transaction):
                 for key, (name, _, bitmap) in self._membership_items(
@@ -306,6 +319,7 @@ class HashStore:
                         transaction.delete(key, db=self.environment.members)
             transaction.delete(list_name.encode(), db=self.environment.lists)
             generation = self._commit_generation(transaction, f"retire {list_name}")
+            changes.record(generation)
         logger.info(
             "retired list %s (%d hashes): generation %d", list_name, held, generation
         )
@@ -325,6 +339,8 @@ class HashStore:
                 raise ImportRejected(
                     f"{staged_name} is not staged; nothing to promote."
                 )
+            changes = HitChanges(self.environment, transaction, "promote")
+            changes.note_promotion(staged)
             if into is None:
                 promoted = replace_record(
                     staged, state=layout.LIVE, updated_at=time.time()
@@ -334,6 +350,7 @@ class HashStore:
                 self._fold_into(transaction, staged, into)
             change = f"promote {staged_name}" + (f" into {into}" if into else "")
             generation = self._commit_generation(transaction, change)
+            changes.record(generation)
         logger.info(
             "promoted staged list %s%s: generation %d",
             staged_name,
@@ -568,10 +585,13 @@ class HashStore:
         rebuild: bool,
         withdrawn: npt.NDArray[np.uint8] | None = None,
         allow_lists: set[str] | None = None,
+        changes: HitChanges | None = None,
     ) -> AlgorithmReport:
         report = AlgorithmReport()
         parts = self._read_parts(transaction, algorithm)
         memberships = dict(self._membership_items(transaction, algorithm))
+        # The steps below replace bitmaps rather than change them in place.
+        before = dict(memberships)
 
         unique, categories = _unique_entries(entries, algorithm)
         report.records = 0 if entries is None else entries.hashes.shape[0]
@@ -594,6 +614,13 @@ class HashStore:
         if withdrawn is not None and withdrawn.size:
             rows = _withdrawn_rows(parts, unique, located_ids, withdrawn)
             report.removed += _take_off_list(memberships, list_name, rows)
+        if changes is not None:
+            changes.compare(
+                algorithm,
+                before.values(),
+                memberships.values(),
+                (parts.base, parts.delta),
+            )
 
         if rebuild or _delta_outgrows_base(parts, fresh):
             report.table_hashes = self._rebuild_base(

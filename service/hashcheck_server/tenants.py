@@ -34,6 +34,7 @@ backup of the tenant records alone.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -175,9 +176,13 @@ class TenantSnapshot:
     def __init__(self, version: int, secret: bytes, tenants: Sequence[Tenant]) -> None:
         self.version = version
         self.tenants = {tenant.name: tenant for tenant in tenants}
-        self._secret = secret or secrets.token_bytes(32)
+        # Keyed once: each check copies this state instead of deriving the
+        # HMAC key again (and looking the digest up by name) on every call.
+        self._keyed = hmac.new(secret or secrets.token_bytes(32), None, hashlib.sha256)
         self._by_key_id = {
-            key.key_id: (tenant, key) for tenant in tenants for key in tenant.keys
+            key.key_id: (tenant, key, bytes.fromhex(key.digest))
+            for tenant in tenants
+            for key in tenant.keys
         }
         self._by_cert_name = {
             tenant.client_cert_name: tenant
@@ -250,11 +255,13 @@ class TenantSnapshot:
             return None
 
         found = self._by_key_id.get(_key_id_of(key))
-        expected = bytes.fromhex(found[1].digest) if found else _NO_DIGEST
-        is_equal = hmac.compare_digest(digest_key(self._secret, key), expected)
+        expected = found[2] if found else _NO_DIGEST
+        keyed = self._keyed.copy()
+        keyed.update(key.encode("utf-8", "replace"))
+        is_equal = hmac.compare_digest(keyed.digest(), expected)
         if found is None or not is_equal:
             return None
-        tenant, stored = found
+        tenant, stored, _ = found
         if not stored.is_valid(now):
             return None
         if tenant.client_cert_name and tenant.client_cert_name not in cert_names:

@@ -197,7 +197,9 @@ def layout_entries(hashes: np.ndarray) -> object:
     return md5_entries(hashes, "B")
 
 
-def test_snapshot_is_compact_and_keeps_other_environments(tmp_path: Path) -> None:
+def test_snapshot_is_compact_keeps_other_environments_not_audit(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "data"
     police = build_store(data, 40_000, seed=1)
     with HashStore.open(data) as store:
@@ -208,17 +210,18 @@ def test_snapshot_is_compact_and_keeps_other_environments(tmp_path: Path) -> Non
                 replace=True,
             )
         store.retire_list("churn")
-    beside = lmdb.open(str(data / "audit"), map_size=1 << 24, max_dbs=2)
-    with beside.begin(write=True) as transaction:
-        transaction.put(b"kept", b"beside the store")
-    beside.close()
+    for name in ("extra", "audit"):
+        beside = lmdb.open(str(data / name), map_size=1 << 24, max_dbs=2)
+        with beside.begin(write=True) as transaction:
+            transaction.put(b"kept", b"beside the store")
+        beside.close()
 
     manifest = write_snapshot(data, tmp_path / "snap")
 
     snap = tmp_path / "snap"
     assert (snap / "data.mdb").stat().st_size < (data / "data.mdb").stat().st_size
-    assert set(manifest.files) == {"data.mdb", "audit/data.mdb"}
-    copied = lmdb.open(str(snap / "audit"), readonly=True, lock=False)
+    assert set(manifest.files) == {"data.mdb", "extra/data.mdb"}
+    copied = lmdb.open(str(snap / "extra"), readonly=True, lock=False)
     with copied.begin() as transaction:
         assert transaction.get(b"kept") == b"beside the store"
     copied.close()

@@ -242,7 +242,7 @@ def test_serve_flags_set_pdq_distances(
 @pytest.mark.parametrize(
     "flags",
     [
-        ["--pdq-max-distance", "257"],
+        ["--pdq-max-distance", "65"],
         ["--pdq-max-distance", "20", "--pdq-default-distance", "31"],
     ],
     ids=["cap-too-large", "default-above-cap"],

@@ -418,3 +418,64 @@ def _wait_until(condition: object, timeout_seconds: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the condition never held")
         time.sleep(0.02)
+
+
+def test_follower_takes_tenants_from_each_snapshot(
+    tmp_path: Path, tenant_store: Path, list_hashes: ListHashes
+) -> None:
+    from hashcheck_server.snapshot import publish_snapshot
+
+    root = tmp_path / "snapshots"
+    first = _add_tenant(tenant_store, "acme")
+    publish_snapshot(tenant_store, root)
+    config = ServerConfig(
+        data=root, follow=True, listen="127.0.0.1:0", reload_interval_seconds=0.05
+    )
+    running = start_server(config)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = hashcheck_pb2_grpc.HashCheckStub(channel)
+            batch = list_hashes.hotline[:1]
+            keyless = _code(lambda: check(stub, batch, None))
+            with_first = check(stub, batch, first).checked
+            second = _add_tenant(tenant_store, "beta")
+            publish_snapshot(tenant_store, root)
+            _wait_until(lambda: _code_or_ok(lambda: check(stub, batch, second)))
+            with_second = check(stub, batch, second).checked
+    finally:
+        running.stop(grace_seconds=1.0)
+
+    assert keyless == grpc.StatusCode.UNAUTHENTICATED
+    assert (with_first, with_second) == (1, 1)
+
+
+def test_follower_beyond_loopback_demands_keys_before_any_tenant(
+    tenant_store: Path, list_hashes: ListHashes
+) -> None:
+    running = serve(tenant_store)
+    try:
+        assert running.access is not None
+        running.access.directory.is_open_allowed = False  # as beyond loopback
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = hashcheck_pb2_grpc.HashCheckStub(channel)
+            code = _code(lambda: check(stub, list_hashes.hotline[:1], None))
+    finally:
+        running.stop(grace_seconds=1.0)
+
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _add_tenant(data: Path, name: str) -> str:
+    environment = layout.Environment(data)
+    try:
+        return TenantRegistry(environment).add(name)[1]
+    finally:
+        environment.close()
+
+
+def _code_or_ok(call: object) -> bool:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError:
+        return False
+    return True

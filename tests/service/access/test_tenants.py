@@ -252,3 +252,19 @@ def test_stream_slots_hold_up_to_the_limit() -> None:
     slots.acquire(tenant)
 
     assert slots.open_count("small") == 2
+
+
+def test_snapshot_directory_tenants_are_read_without_its_lock(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    environment = layout.Environment(data, create=True)
+    _, key = TenantRegistry(environment).add("acme", lists=["police"])
+    version = TenantSnapshot.load(environment).version
+    environment.close()
+    (data / "lock.mdb").unlink()  # a published snapshot is read lock-free
+
+    snapshot = TenantSnapshot.load_snapshot_directory(data)
+
+    tenant = snapshot.authenticate(key, (), 0)
+    assert tenant is not None and tenant.lists == ("police",)
+    assert snapshot.version == version
+    assert not (data / "lock.mdb").exists()
