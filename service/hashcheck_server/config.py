@@ -112,6 +112,7 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
         "include table sizes in GetInfo (for operators' own deployments)",
     ),
     # PDQ near-duplicate matching (hashcheck_server.pdq_index).
+    Setting("pdq_max_batch", int, 10_000, "PDQ: the most hashes a request"),
     Setting(
         "pdq_max_distance",
         int,
@@ -362,6 +363,7 @@ def server_config(effective: EffectiveConfig) -> ServerConfig:
         drain_delay_seconds=effective["drain_delay"],
         policy=CheckPolicy(
             max_batch_hashes=effective["max_batch"],
+            pdq_max_batch_hashes=effective["pdq_max_batch"],
             reveal_counts=effective["reveal_counts"],
             **_pdq_distances(effective),
         ),

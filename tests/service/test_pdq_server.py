@@ -41,7 +41,9 @@ def pdq_server(data_dir: Path) -> Iterator[RunningServer]:
         listen="127.0.0.1:0",
         reload_interval_seconds=0.05,
         grace_seconds=2.0,
-        policy=CheckPolicy(max_batch_hashes=10_000, pdq_distance_cap=CAP),
+        policy=CheckPolicy(
+            max_batch_hashes=10_000, pdq_distance_cap=CAP, pdq_max_batch_hashes=500
+        ),
     )
     running = start_server(config, CollectorRegistry())
     yield running
@@ -175,6 +177,19 @@ def test_pdq_empty_batch_and_ragged_batch(
 
     assert empty.checked == 0 and not empty.hit_positions
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_pdq_batch_over_its_own_limit_is_invalid_argument(
+    pdq_stub: hashcheck_pb2_grpc.HashCheckStub,
+) -> None:
+    over = np.zeros((501, 32), dtype=np.uint8)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        _check(pdq_stub, over)
+
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 500" in raised.value.details()
+    assert _check(pdq_stub, over[:500]).checked == 500
 
 
 def test_pdq_and_exact_batches_share_one_stream(
