@@ -9,7 +9,8 @@ Named databases and their records:
                      transaction that changes lists or tables increments it;
                      "digest" is the content digest (hashcheck_server.digest).
 - ``tables``, per algorithm (``md5``, ``sha1``, ``sha256``), a base part:
-    ``<alg>/header``     JSON {"count", "width", "filter_bits", "directory_bits"}
+    ``<alg>/header``     JSON {"count", "width", "filter_bits", "directory_bits",
+                         "filter_probes"}
     ``<alg>/rows``       count * width bytes: the sorted unique hashes
     ``<alg>/filter``     2**filter_bits / 8 bytes (see hashcheck_server.table)
     ``<alg>/directory``  (2**directory_bits + 1) little-endian uint32
@@ -120,6 +121,8 @@ class TableHeader:
     width: int
     filter_bits: int
     directory_bits: int
+    #: hashcheck_server.table's filter kind; absent (1) in older stores.
+    filter_probes: int = 1
 
 
 #: What a list is for. Block lists produce hits; an allow list holds hashes
@@ -378,6 +381,7 @@ def map_table_part(
         directory_bits=header.directory_bits,
         filter=view(filter_key(algorithm, part), np.uint8),
         directory=view(directory_key(algorithm, part), np.uint32),
+        filter_probes=header.filter_probes,
     )
     return rows, index
 
@@ -404,6 +408,7 @@ def write_table_part(
         width=algorithm.width,
         filter_bits=index.filter_bits,
         directory_bits=index.directory_bits,
+        filter_probes=index.filter_probes,
     )
     transaction.put(
         header_key(algorithm, part),

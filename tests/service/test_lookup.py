@@ -8,7 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hashcheck_server.lookup import SortedTable
-from hashcheck_server.table import build_index, sort_unique_rows
+from hashcheck_server.table import (
+    TableIndex,
+    build_index,
+    leading_bits,
+    sort_unique_rows,
+)
 
 WIDTHS = [
     pytest.param(16, id="md5"),
@@ -61,6 +66,60 @@ def test_find_shared_prefixes_exact(width: int, shared_bytes: int) -> None:
     batch = np.concatenate([rows[:1_500], near, rows[2_500:]])
 
     assert _found(table, batch) == _oracle(unique, batch)
+
+
+def test_find_scanned_and_searched_buckets_in_one_batch() -> None:
+    """Buckets on both sides of the scan limit, hit and missed in one batch."""
+    generator = np.random.default_rng(3)
+    rows = generator.integers(0, 256, size=(4_000, 16), dtype=np.uint8)
+    for first, size in enumerate([30, 64, 65, 200]):
+        start = first * 1_000
+        rows[start : start + size, :4] = [0x10 * (first + 1), 0, 0, 0]
+    table, unique = _table(rows)
+    missed = rows[::3].copy()
+    missed[:, -1] ^= 0x55
+    batch = np.concatenate([rows[::2], missed])
+    generator.shuffle(batch)
+
+    assert _found(table, batch) == _oracle(unique, batch)
+
+
+def _one_bit_index(unique: np.ndarray) -> TableIndex:
+    """The index as stores written before filter blocks hold it: one bit a hash."""
+    index = build_index(unique)
+    bit_numbers = leading_bits(unique) >> np.uint32(32 - index.filter_bits)
+    bitset = np.zeros((1 << index.filter_bits) // 8, dtype=np.uint8)
+    np.bitwise_or.at(
+        bitset, bit_numbers >> 3, np.left_shift(1, bit_numbers & 7).astype(np.uint8)
+    )
+    return TableIndex(index.filter_bits, index.directory_bits, bitset, index.directory)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_find_with_an_older_stores_one_bit_filter(width: int) -> None:
+    generator = np.random.default_rng(width + 1)
+    rows = generator.integers(0, 256, size=(20_000, width), dtype=np.uint8)
+    unique, _ = sort_unique_rows(rows)
+    table = SortedTable(unique, _one_bit_index(unique), width)
+    batch = np.concatenate(
+        [rows[::5], generator.integers(0, 256, size=(5_000, width), dtype=np.uint8)]
+    )
+
+    assert _found(table, batch) == _oracle(unique, batch)
+
+
+def test_filter_passes_few_random_misses() -> None:
+    """Three bits of a 64-bit block: a few in a hundred misses get past it."""
+    generator = np.random.default_rng(5)
+    rows = generator.integers(0, 256, size=(200_000, 16), dtype=np.uint8)
+    unique, _ = sort_unique_rows(rows)
+    table = SortedTable(unique, build_index(unique), 16)
+    misses = generator.integers(0, 256, size=(100_000, 16), dtype=np.uint8)
+    heads = np.ndarray((100_000,), dtype=">u8", buffer=misses.data, strides=(16,))
+
+    passed = table._pass_filter(heads.astype(np.uint64)).size / 100_000
+
+    assert passed < 0.04
 
 
 def test_find_empty_batch_and_empty_table() -> None:
