@@ -24,11 +24,14 @@ Layout: one named database, ``hits``:
 
 Durability: a call's hits are committed, with LMDB's fsync, before its reply
 leaves the server. If that fails, the call fails (UNAVAILABLE) and the hits
-are not reported. Commits are grouped: calls that arrive while a commit is
-syncing queue their entries, and the next writer commits all that queued in
-one transaction, so concurrent hits share an fsync. The threads of one
-process take turns on a Python lock before they begin a write transaction,
-so that only other processes ever wait inside LMDB's writer mutex.
+are not reported. One writer thread per process commits: `submit` queues a
+batch's entries and returns a ticket at once, and the writer commits all
+that queued while it was syncing in one transaction, so concurrent hits
+share an fsync. The ticket's `wait` returns once its entries are durable.
+Handing the entries over instead of committing in the caller's thread lets
+a stream look up its next batch while the last one's fsync runs (an fsync
+costs milliseconds here, as long as the lookup of 100,000 hashes), and
+keeps other processes the only ones to ever wait inside LMDB's writer mutex.
 
 Retention: `prune(cutoff)` deletes entries older than a time, in small
 transactions; servers prune on their own once an hour (`AuditPruner`), and
@@ -58,7 +61,7 @@ from hashcheck_server.caller import Caller
 from hashcheck_server.errors import AuditFailed, StoreError
 from hashcheck_server.generation import TableHits
 
-__all__ = ["AuditEntry", "AuditLog", "AuditPruner", "entries_for_hits"]
+__all__ = ["AuditEntry", "AuditLog", "AuditPruner", "AuditTicket", "entries_for_hits"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +105,9 @@ class AuditLog:
 
     audit = AuditLog.open(Path("data/audit"))
     audit.record([entry, ...])         # durable when this returns
+    ticket = audit.submit([entry, ...])
+    ...                                # other work while the entries commit
+    ticket.wait()                      # durable now, or AuditFailed
     for entry in audit.entries(since=time.time() - 86400, tenant="acme"):
         ...
     """
@@ -112,13 +118,15 @@ class AuditLog:
         self.path = path
         self._environment = environment
         self._hits = hits
-        #: Entries handed to `record` and not yet committed.
+        #: Entries handed to `submit` and not yet committed.
         self._backlog = backlog
+        #: Serialises this process's write transactions (commits and prunes).
         self._write_lock = threading.Lock()
-        #: Entries waiting for a commit; guarded by _queue_lock, taken by
-        #: whichever thread holds _write_lock next (group commit).
-        self._queue: list[_Pending] = []
-        self._queue_lock = threading.Lock()
+        #: Tickets waiting for the writer; guarded by _queue_changed.
+        self._queue: list[AuditTicket] = []
+        self._queue_changed = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._is_closing = False
         self._counter = itertools.count()
         self._pid = os.getpid()
 
@@ -146,43 +154,63 @@ class AuditLog:
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
         """Append entries durably, or raise AuditFailed; see Durability above."""
+        self.submit(entries).wait()
+
+    def submit(self, entries: Sequence[AuditEntry]) -> AuditTicket:
+        """Queue entries for the writer; the ticket tells when they are durable."""
+        ticket = AuditTicket(entries)
         if not entries:
-            return
-        pending = _Pending(entries)
-        with self._queue_lock:
-            self._queue.append(pending)
+            ticket.settle(None)
+            return ticket
+        with self._queue_changed:
+            if self._is_closing:
+                ticket.settle(StoreError(f"The audit log {self.path} is closed."))
+                return ticket
+            self._queue.append(ticket)
+            self._start_writer()
+            self._queue_changed.notify()
         if self._backlog is not None:
             self._backlog.inc(len(entries))
-        with self._write_lock:
-            if not pending.is_settled:
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
-                self._commit(group)
-        if pending.error is not None:
-            raise AuditFailed(
-                "The server cannot record hits right now, so it reports none; "
-                "try again shortly."
-            ) from pending.error
+        return ticket
 
-    def _commit(self, group: list[_Pending]) -> None:
-        """Write every queued entry in one transaction; settle each batch."""
+    def _start_writer(self) -> None:
+        """Start the writer thread on the first submit (under _queue_changed)."""
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_queued, name="audit-writer", daemon=True
+            )
+            self._writer.start()
+
+    def _write_queued(self) -> None:
+        """The writer thread: commit whatever queued, until closed and drained."""
+        while True:
+            with self._queue_changed:
+                while not self._queue and not self._is_closing:
+                    self._queue_changed.wait()
+                if not self._queue:
+                    return
+                group, self._queue = self._queue, []
+            self._commit(group)
+
+    def _commit(self, group: list[AuditTicket]) -> None:
+        """Write every queued entry in one transaction; settle each ticket."""
         error: Exception | None = None
         try:
-            with self._environment.begin(write=True) as txn:
-                for pending in group:
-                    for entry in pending.entries:
+            with self._write_lock, self._environment.begin(write=True) as txn:
+                for ticket in group:
+                    for entry in ticket.entries:
                         key = self._next_key(entry.time)
                         txn.put(key, entry.to_json(), db=self._hits)
         except Exception as failure:
             # Whatever failed, every waiting call must learn it: none of them
             # may report a hit that is not recorded.
-            count = sum(len(pending.entries) for pending in group)
+            count = sum(len(ticket.entries) for ticket in group)
             logger.exception("cannot record %d hits in the audit", count)
             error = failure
-        for pending in group:
-            pending.settle(error)
+        for ticket in group:
+            ticket.settle(error)
             if self._backlog is not None:
-                self._backlog.dec(len(pending.entries))
+                self._backlog.dec(len(ticket.entries))
 
     def entries(
         self, *, since: float | None = None, tenant: str | None = None
@@ -216,23 +244,39 @@ class AuditLog:
                 return removed
 
     def close(self) -> None:
+        """Commit what is queued, stop the writer, close the environment."""
+        with self._queue_changed:
+            self._is_closing = True
+            self._queue_changed.notify()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
         self._environment.close()
 
     def _next_key(self, at: float) -> bytes:
         return _KEY.pack(_nanoseconds(at), self._pid, next(self._counter) & 0xFFFFFFFF)
 
 
-class _Pending:
-    """One call's entries, queued until a commit settles them."""
+class AuditTicket:
+    """One batch's entries on their way to disk."""
 
     def __init__(self, entries: Sequence[AuditEntry]) -> None:
         self.entries = entries
-        self.is_settled = False
-        self.error: Exception | None = None
+        self._settled = threading.Event()
+        self._error: Exception | None = None
 
     def settle(self, error: Exception | None) -> None:
-        self.error = error
-        self.is_settled = True
+        self._error = error
+        self._settled.set()
+
+    def wait(self) -> None:
+        """Return once the entries are durable; AuditFailed if they never will be."""
+        self._settled.wait()
+        if self._error is not None:
+            raise AuditFailed(
+                "The server cannot record hits right now, so it reports none; "
+                "try again shortly."
+            ) from self._error
 
 
 class AuditPruner:

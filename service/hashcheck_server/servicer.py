@@ -37,7 +37,7 @@ from hashcheck._algorithms import Algorithm
 from hashcheck._version import __version__
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server import pdq_index
-from hashcheck_server.audit import AuditLog, entries_for_hits
+from hashcheck_server.audit import AuditLog, AuditTicket, entries_for_hits
 from hashcheck_server.caller import Caller, current_caller
 from hashcheck_server.disputes import DisputeDesk
 from hashcheck_server.errors import (
@@ -55,6 +55,7 @@ from hashcheck_server.errors import (
 from hashcheck_server.floods import QuarantineGuard
 from hashcheck_server.generation import Generation, ListMatch, TableHits
 from hashcheck_server.metrics import ServerMetrics
+from hashcheck_server.readahead import ReadAhead
 from hashcheck_server.receipts import sign_receipts
 from hashcheck_server.refusals import RefusalRecorder
 from hashcheck_server.serving import GenerationKeeper
@@ -132,6 +133,25 @@ def abort_with(context: grpc.ServicerContext, status: Status) -> NoReturn:
     context.abort(status.code, status.message)
 
 
+#: Batches of a stream looked up ahead of their replies (hashcheck_server.readahead).
+_STREAM_READ_AHEAD = 4
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A request looked up, its reply built, its hits on their way to the audit."""
+
+    request: hashcheck_pb2.CheckRequest
+    algorithm: Algorithm
+    caller: Caller | None
+    hits: TableHits
+    reply: hashcheck_pb2.CheckReply
+    #: The hits' audit entries; None when nothing is recorded.
+    recorded: AuditTicket | None
+    #: perf_counter() when the request was taken up, for the latency metric.
+    started: float
+
+
 class _Refusal(Exception):
     """A call ended with a status code; carried out of the handler to abort."""
 
@@ -181,8 +201,7 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         self._metrics.active_streams.inc()
         try:
             with self._call("CheckStream", context):
-                for request in request_iterator:
-                    yield self._answer(request, "CheckStream")
+                yield from self._answer_stream(iter(request_iterator))
         finally:
             self._metrics.active_streams.dec()
 
@@ -261,12 +280,28 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
     def _answer(
         self, request: hashcheck_pb2.CheckRequest, method: str
     ) -> hashcheck_pb2.CheckReply:
+        return self._deliver(self._prepare(request), method)
+
+    def _answer_stream(
+        self, requests: Iterator[hashcheck_pb2.CheckRequest]
+    ) -> Iterator[hashcheck_pb2.CheckReply]:
+        """Replies in request order; lookups run ahead while audits commit."""
+        read_ahead = ReadAhead(
+            requests, self._prepare, depth=_STREAM_READ_AHEAD, name="check-stream"
+        )
+        with read_ahead as answers:
+            for answer in answers:
+                yield self._deliver(answer, "CheckStream")
+
+    def _prepare(self, request: hashcheck_pb2.CheckRequest) -> _Answer:
+        """Validate, look up, hand the hits to the audit and build the reply."""
         started = time.perf_counter()
         caller = current_caller()
         algorithm = self._validate(request, caller)
         receipt_key = self._receipt_key(request)
         if caller is not None and caller.bucket is not None:
             caller.bucket.take(len(request.hashes) // algorithm.width)
+
         with self._keeper.lease() as generation:
             hits = generation.check(
                 algorithm,
@@ -274,28 +309,38 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
                 max_distance=self._policy.pdq_distance(request.max_distance),
                 visible=_filter_of(caller),
             )
+        recorded = None
         if hits.count and self._audit is not None:
-            # Recorded durably before the reply exists: no hit goes unaudited.
-            self._audit.record(
+            recorded = self._audit.submit(
                 entries_for_hits(
                     caller, algorithm, request.hashes, hits, request.sequence
                 )
             )
-        if self._quarantine is not None:
-            self._quarantine.observe(caller, algorithm, request.hashes, hits)
+
         reply = _reply(request, algorithm, hits)
         if receipt_key is not None:
-            tenant = caller.tenant_name if caller is not None else ""
             sign_receipts(
                 reply,
                 request.hashes,
                 algorithm,
                 receipt_key,
-                tenant=tenant,
+                tenant=caller.tenant_name if caller is not None else "",
                 issued_at=time.time(),
             )
+        return _Answer(request, algorithm, caller, hits, reply, recorded, started)
 
-        checked = reply.checked
+    def _deliver(self, answer: _Answer, method: str) -> hashcheck_pb2.CheckReply:
+        """The reply, once its hits are durable in the audit; counted."""
+        if answer.recorded is not None:
+            # No hit leaves the server unaudited (AuditFailed otherwise).
+            answer.recorded.wait()
+        if self._quarantine is not None:
+            self._quarantine.observe(
+                answer.caller, answer.algorithm, answer.request.hashes, answer.hits
+            )
+
+        caller, algorithm, hits = answer.caller, answer.algorithm, answer.hits
+        checked = answer.reply.checked
         self._metrics.batch_hashes.observe(checked)
         self._metrics.hashes_checked.labels(algorithm.value).inc(checked)
         self._count_hits(algorithm, hits)
@@ -303,9 +348,9 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
             self._metrics.tenant_hashes_checked.labels(caller.tenant.name).inc(checked)
             self._metrics.tenant_hits.labels(caller.tenant.name).inc(hits.count)
         self._metrics.request_seconds.labels(method).observe(
-            time.perf_counter() - started
+            time.perf_counter() - answer.started
         )
-        return reply
+        return answer.reply
 
     def _validate(
         self, request: hashcheck_pb2.CheckRequest, caller: Caller | None

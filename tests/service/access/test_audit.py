@@ -9,14 +9,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
+import lmdb
 import numpy as np
 import pytest
 
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server.audit import AuditEntry, AuditLog
-from hashcheck_server.errors import AuditFailed
 from hashcheck_server.server import RunningServer
 from tenancy import ListHashes, as_key, check, serve
 
@@ -184,6 +185,21 @@ def test_hits_are_counted_per_tenant(
     assert value("hashcheck_tenant_hashes_checked_total", {"tenant": "beta"}) == 6
 
 
+class _FullDisk:
+    """An audit environment whose write transactions fail as a full disk's do."""
+
+    def __init__(self, environment: Any) -> None:
+        self._environment = environment
+
+    def begin(self, *, write: bool = False, **kwargs: Any) -> Any:
+        if write:
+            raise lmdb.MapFullError("mdb_txn_commit: MDB_MAP_FULL")
+        return self._environment.begin(write=write, **kwargs)
+
+    def close(self) -> None:
+        self._environment.close()
+
+
 def test_hits_that_cannot_be_audited_are_not_reported(
     secured: RunningServer,
     secured_stub: hashcheck_pb2_grpc.HashCheckStub,
@@ -191,11 +207,9 @@ def test_hits_that_cannot_be_audited_are_not_reported(
     list_hashes: ListHashes,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def fail(entries: object) -> None:
-        raise AuditFailed("The server cannot record hits right now.")
-
     assert secured.access is not None
-    monkeypatch.setattr(secured.access.audit, "record", fail)
+    audit = secured.access.audit
+    monkeypatch.setattr(audit, "_environment", _FullDisk(audit._environment))
 
     with pytest.raises(grpc.RpcError) as refused:
         check(secured_stub, list_hashes.hotline[:1], tenant_keys["acme"])
@@ -203,6 +217,33 @@ def test_hits_that_cannot_be_audited_are_not_reported(
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert misses_only.checked == 3
+
+
+def test_a_stream_reports_no_hit_it_cannot_audit(
+    secured: RunningServer,
+    secured_stub: hashcheck_pb2_grpc.HashCheckStub,
+    tenant_keys: dict[str, str],
+    list_hashes: ListHashes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert secured.access is not None
+    audit = secured.access.audit
+    monkeypatch.setattr(audit, "_environment", _FullDisk(audit._environment))
+    batches = [list_hashes.misses(4), list_hashes.hotline[:1], list_hashes.misses(4)]
+    requests = (
+        hashcheck_pb2.CheckRequest(
+            algorithm=hashcheck_pb2.ALGORITHM_MD5, hashes=batch.tobytes(), sequence=n
+        )
+        for n, batch in enumerate(batches)
+    )
+
+    replies = secured_stub.CheckStream(requests, metadata=as_key(tenant_keys["acme"]))
+    first = next(replies)
+    with pytest.raises(grpc.RpcError) as refused:
+        next(replies)
+
+    assert (first.sequence, len(first.hit_positions)) == (0, 0)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def _entry(at: float, hash_hex: str) -> AuditEntry:
