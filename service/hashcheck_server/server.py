@@ -114,6 +114,11 @@ class RunningServer:
         self._environment = environment
         self._health = health_servicer
         self._quarantine = quarantine
+        # Held for a whole drain: signals often come in twos (a terminal's
+        # Ctrl-C reaches every process of its group, then a wrapper script
+        # adds SIGTERM), each starts a drain, and only the first may close
+        # the store; the others wait for it and return.
+        self._stopping = threading.Lock()
         self._stopped = threading.Event()
 
     def wait(self) -> None:
@@ -121,9 +126,18 @@ class RunningServer:
         self._stopped.wait()
 
     def stop(self, grace_seconds: float | None = 10.0) -> None:
-        """Drain: refuse new calls, finish those in flight, then close the store."""
-        if self._stopped.is_set():
-            return
+        """Drain: refuse new calls, finish those in flight, then close the store.
+
+        Safe to call again and from several threads: later calls wait for the
+        first drain to finish and do nothing more.
+        """
+        with self._stopping:
+            if self._stopped.is_set():
+                return
+            self._drain(grace_seconds)
+            self._stopped.set()
+
+    def _drain(self, grace_seconds: float | None) -> None:
         logger.info(
             "draining: refusing new calls, %s s for calls in flight", grace_seconds
         )
@@ -138,7 +152,6 @@ class RunningServer:
         if self._environment is not None:
             self._environment.close()
         logger.info("stopped")
-        self._stopped.set()
 
 
 def start_server(

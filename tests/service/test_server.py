@@ -260,6 +260,28 @@ def test_stop_drains_calls_in_flight(
     channel.close()
 
 
+def test_stop_from_several_signals_drains_once(
+    store_with_police: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = start_server(
+        ServerConfig(data=store_with_police, listen="127.0.0.1:0"), CollectorRegistry()
+    )
+    drains = [
+        threading.Thread(target=running.stop, kwargs={"grace_seconds": 1})
+        for _ in range(3)
+    ]
+
+    with caplog.at_level("INFO", logger="hashcheck_server.server"):
+        for drain in drains:
+            drain.start()
+        for drain in drains:
+            drain.join()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("stopped") == 1
+    assert sum(message.startswith("draining") for message in messages) == 1
+
+
 def test_metrics_count_hashes_and_hits(
     server: RunningServer,
     stub: hashcheck_pb2_grpc.HashCheckStub,
