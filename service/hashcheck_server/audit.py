@@ -48,7 +48,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,14 @@ from hashcheck_server.caller import Caller
 from hashcheck_server.errors import AuditFailed, StoreError
 from hashcheck_server.generation import TableHits
 
-__all__ = ["AuditEntry", "AuditLog", "AuditPruner", "AuditTicket", "entries_for_hits"]
+__all__ = [
+    "AuditEntry",
+    "AuditLog",
+    "AuditPruner",
+    "AuditRecord",
+    "AuditTicket",
+    "records_for_hits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +96,20 @@ class AuditEntry:
     sequence: int = 0
 
     def to_json(self) -> bytes:
-        fields = asdict(self)
-        fields["lists"] = [{"list": n, "category": c} for n, c in self.lists]
+        # Spelled out rather than dataclasses.asdict, which deep-copies every
+        # field and cost six times as much: this runs once per hit, on the
+        # path of the reply.
+        fields = {
+            "time": self.time,
+            "tenant": self.tenant,
+            "algorithm": self.algorithm,
+            "hash": self.hash,
+            "lists": [{"list": n, "category": c} for n, c in self.lists],
+            "request_id": self.request_id,
+            "peer": self.peer,
+            "generation": self.generation,
+            "sequence": self.sequence,
+        }
         return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
@@ -100,12 +119,16 @@ class AuditEntry:
         return cls(**fields)
 
 
+#: An entry as the audit stores it: its time and its JSON value.
+AuditRecord = tuple[float, bytes]
+
+
 class AuditLog:
     """An open audit environment.
 
     audit = AuditLog.open(Path("data/audit"))
     audit.record([entry, ...])         # durable when this returns
-    ticket = audit.submit([entry, ...])
+    ticket = audit.submit(records_for_hits(caller, algorithm, batch, hits))
     ...                                # other work while the entries commit
     ticket.wait()                      # durable now, or AuditFailed
     for entry in audit.entries(since=time.time() - 86400, tenant="acme"):
@@ -118,7 +141,7 @@ class AuditLog:
         self.path = path
         self._environment = environment
         self._hits = hits
-        #: Entries handed to `submit` and not yet committed.
+        #: Records handed to `submit` and not yet committed.
         self._backlog = backlog
         #: Serialises this process's write transactions (commits and prunes).
         self._write_lock = threading.Lock()
@@ -154,12 +177,12 @@ class AuditLog:
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
         """Append entries durably, or raise AuditFailed; see Durability above."""
-        self.submit(entries).wait()
+        self.submit([(entry.time, entry.to_json()) for entry in entries]).wait()
 
-    def submit(self, entries: Sequence[AuditEntry]) -> AuditTicket:
-        """Queue entries for the writer; the ticket tells when they are durable."""
-        ticket = AuditTicket(entries)
-        if not entries:
+    def submit(self, records: Sequence[AuditRecord]) -> AuditTicket:
+        """Queue records for the writer; the ticket tells when they are durable."""
+        ticket = AuditTicket(records)
+        if not records:
             ticket.settle(None)
             return ticket
         with self._queue_changed:
@@ -170,7 +193,7 @@ class AuditLog:
             self._start_writer()
             self._queue_changed.notify()
         if self._backlog is not None:
-            self._backlog.inc(len(entries))
+            self._backlog.inc(len(records))
         return ticket
 
     def _start_writer(self) -> None:
@@ -198,19 +221,18 @@ class AuditLog:
         try:
             with self._write_lock, self._environment.begin(write=True) as txn:
                 for ticket in group:
-                    for entry in ticket.entries:
-                        key = self._next_key(entry.time)
-                        txn.put(key, entry.to_json(), db=self._hits)
+                    for at, value in ticket.records:
+                        txn.put(self._next_key(at), value, db=self._hits)
         except Exception as failure:
             # Whatever failed, every waiting call must learn it: none of them
             # may report a hit that is not recorded.
-            count = sum(len(ticket.entries) for ticket in group)
+            count = sum(len(ticket.records) for ticket in group)
             logger.exception("cannot record %d hits in the audit", count)
             error = failure
         for ticket in group:
             ticket.settle(error)
             if self._backlog is not None:
-                self._backlog.dec(len(ticket.entries))
+                self._backlog.dec(len(ticket.records))
 
     def entries(
         self, *, since: float | None = None, tenant: str | None = None
@@ -258,10 +280,10 @@ class AuditLog:
 
 
 class AuditTicket:
-    """One batch's entries on their way to disk."""
+    """One batch's records on their way to disk."""
 
-    def __init__(self, entries: Sequence[AuditEntry]) -> None:
-        self.entries = entries
+    def __init__(self, records: Sequence[AuditRecord]) -> None:
+        self.records = records
         self._settled = threading.Event()
         self._error: Exception | None = None
 
@@ -270,7 +292,7 @@ class AuditTicket:
         self._settled.set()
 
     def wait(self) -> None:
-        """Return once the entries are durable; AuditFailed if they never will be."""
+        """Return once the records are durable; AuditFailed if they never will be."""
         self._settled.wait()
         if self._error is not None:
             raise AuditFailed(
@@ -316,39 +338,77 @@ class AuditPruner:
                 return
 
 
-def entries_for_hits(
+def records_for_hits(
     caller: Caller | None,
     algorithm: Algorithm,
     batch: bytes,
     hits: TableHits,
     sequence: int = 0,
-) -> list[AuditEntry]:
-    """One entry per hit of a batch, as the caller was told about it."""
+) -> list[AuditRecord]:
+    """One record per hit of a batch, as the caller was told about it.
+
+    The values are what `AuditEntry.to_json` writes, but built from one
+    template per batch: every field but the hash and its lists is the same
+    for all hits of a batch, so each hit costs one join instead of a JSON
+    encoding (a fifth of a worker's time at 0.1% hits otherwise).
+    """
     now = time.time()
     width = algorithm.width
-    provenances = [
-        tuple((match.list, match.category) for match in provenance)
+    head, tail = _record_template(caller, algorithm, hits.generation, sequence, now)
+    lists_json = [
+        _lists_json(tuple((match.list, match.category) for match in provenance))
         for provenance in hits.provenances
     ]
-    tenant = caller.tenant_name if caller else ""
-    request_id = caller.request_id if caller else ""
-    peer = caller.peer if caller else ""
     return [
-        AuditEntry(
-            time=now,
-            tenant=tenant,
-            algorithm=algorithm.value,
-            hash=batch[position * width : (position + 1) * width].hex(),
-            lists=provenances[provenance],
-            request_id=request_id,
-            peer=peer,
-            generation=hits.generation,
-            sequence=sequence,
+        (
+            now,
+            b"".join(
+                (
+                    head,
+                    batch[position * width : (position + 1) * width].hex().encode(),
+                    b'","lists":',
+                    lists_json[provenance],
+                    tail,
+                )
+            ),
         )
         for position, provenance in zip(
             hits.positions.tolist(), hits.provenance_of.tolist(), strict=True
         )
     ]
+
+
+def _record_template(
+    caller: Caller | None,
+    algorithm: Algorithm,
+    generation: int,
+    sequence: int,
+    now: float,
+) -> tuple[bytes, bytes]:
+    """The JSON before a hit's hex hash, and after its lists."""
+    shared = AuditEntry(
+        time=now,
+        tenant=caller.tenant_name if caller else "",
+        algorithm=algorithm.value,
+        hash="",
+        lists=(),
+        request_id=caller.request_id if caller else "",
+        peer=caller.peer if caller else "",
+        generation=generation,
+        sequence=sequence,
+    )
+    # to_json writes the hash, then the lists, then the rest: cut it there.
+    encoded = shared.to_json()
+    head, rest = encoded.split(b'"hash":"', 1)
+    tail = rest.split(b'"lists":[]', 1)[1]
+    return head + b'"hash":"', tail
+
+
+def _lists_json(lists: tuple[tuple[str, str], ...]) -> bytes:
+    return json.dumps(
+        [{"list": name, "category": category} for name, category in lists],
+        separators=(",", ":"),
+    ).encode()
 
 
 def _nanoseconds(seconds: float) -> int:

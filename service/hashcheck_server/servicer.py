@@ -37,7 +37,7 @@ from hashcheck._algorithms import Algorithm
 from hashcheck._version import __version__
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server import pdq_index
-from hashcheck_server.audit import AuditLog, AuditTicket, entries_for_hits
+from hashcheck_server.audit import AuditLog, AuditTicket, records_for_hits
 from hashcheck_server.caller import Caller, current_caller
 from hashcheck_server.disputes import DisputeDesk
 from hashcheck_server.errors import (
@@ -312,7 +312,7 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         recorded = None
         if hits.count and self._audit is not None:
             recorded = self._audit.submit(
-                entries_for_hits(
+                records_for_hits(
                     caller, algorithm, request.hashes, hits, request.sequence
                 )
             )

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,13 @@ import lmdb
 import numpy as np
 import pytest
 
+from hashcheck._algorithms import Algorithm
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
-from hashcheck_server.audit import AuditEntry, AuditLog
+from hashcheck_server.audit import AuditEntry, AuditLog, records_for_hits
+from hashcheck_server.caller import Caller
+from hashcheck_server.generation import ListMatch, TableHits
 from hashcheck_server.server import RunningServer
+from hashcheck_server.tenants import Tenant
 from tenancy import ListHashes, as_key, check, serve
 
 SERVER_CLI = str(Path(sys.executable).parent / "hashcheck-server")
@@ -244,6 +249,54 @@ def test_a_stream_reports_no_hit_it_cannot_audit(
 
     assert (first.sequence, len(first.hit_positions)) == (0, 0)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_entry_keeps_every_field_through_json() -> None:
+    entry = AuditEntry(
+        time=1_765_000_000.25,
+        tenant="acme",
+        algorithm="sha1",
+        hash="ab" * 20,
+        lists=(("police", "A1"), ("icse", "baseline")),
+        request_id="req-7",
+        peer="ipv6:[::1]:5000",
+        generation=42,
+        sequence=9,
+    )
+
+    stored = json.loads(entry.to_json())
+
+    assert set(stored) == {field.name for field in fields(AuditEntry)}
+    assert stored["lists"][1] == {"list": "icse", "category": "baseline"}
+    assert AuditEntry.from_json(entry.to_json()) == entry
+
+
+@pytest.mark.parametrize(
+    "tenant", ["acme", 'quote " and \\ back', '"hash":"', "ünïcode"], ids=repr
+)
+def test_records_for_hits_store_what_an_entry_stores(tenant: str) -> None:
+    caller = Caller(Tenant(name=tenant), request_id="req-1", peer="ipv4:10.0.0.1:9")
+    batch = bytes(range(48))
+    hits = TableHits(
+        generation=12,
+        positions=np.array([0, 2]),
+        provenance_of=np.array([1, 0]),
+        provenances=(
+            (ListMatch("police", "A1"),),
+            (ListMatch("icse", "baseline"), ListMatch("police", "B2")),
+        ),
+    )
+
+    records = records_for_hits(caller, Algorithm.MD5, batch, hits, sequence=5)
+
+    stored = [AuditEntry.from_json(value) for _, value in records]
+    assert [entry.hash for entry in stored] == [batch[:16].hex(), batch[32:].hex()]
+    assert stored[0].lists == (("icse", "baseline"), ("police", "B2"))
+    assert stored[1].lists == (("police", "A1"),)
+    assert {
+        (e.tenant, e.request_id, e.peer, e.generation, e.sequence) for e in stored
+    } == {(tenant, "req-1", "ipv4:10.0.0.1:9", 12, 5)}
+    assert all(entry.time == at for entry, (at, _) in zip(stored, records, strict=True))
 
 
 def _entry(at: float, hash_hex: str) -> AuditEntry:
