@@ -5,7 +5,9 @@ whole when any record is malformed. This step prepares what the store takes:
 
 - records without a category get the import's default category;
 - the hash of an empty file is dropped and counted: it matches every empty
-  upload, so no list may hold it as an entry.
+  upload, so no list may hold it as an entry;
+- records the reader skipped (NCMEC entries without a fingerprint of the
+  algorithms read) are logged, so the operator's log says what was left out.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ def prepare_entries(parsed: ParsedFile, default_category: str = "") -> PreparedI
         withdrawals=Withdrawals(dict(parsed.withdrawn), parsed.withdrawn_ids),
         record_ids=dict(parsed.record_ids),
     )
+    if parsed.skipped:
+        logger.warning(
+            "%s: skipped %d record(s) %s",
+            parsed.source,
+            parsed.skipped,
+            parsed.skipped_reason,
+        )
     for algorithm, part in parsed.by_algorithm.items():
         entries, dropped = _prepare_algorithm(part, default_category)
         prepared.entries.append(entries)

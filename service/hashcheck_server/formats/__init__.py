@@ -20,15 +20,20 @@ The contract:
     @dataclass(frozen=True)
     class ParsedFile:
         source: str                 # file name, "<stdin>", or a stream's name
-        format: str                 # "text" | "csv" | "vics"
-        records: int                # lines with a hash, CSV rows, VICS media
+        format: str                 # "text" | "csv" | "vics" | "ncmec"
+        records: int                # lines with a hash, CSV rows, VICS media,
+                                    # NCMEC entries and tombstones
         by_algorithm: dict[Algorithm, ParsedHashes]
+        skipped: int                # NCMEC entries without a hash to read
+        skipped_reason: str         # why, e.g. "without an md5 fingerprint"
 
 What a caller can rely on:
 - All or nothing. Every malformed record becomes a Problem (source, line,
   reason); reading goes on to the end, then MalformedInput is raised with the
   first `max_problems` problems and the total count. No partial result is
-  ever returned.
+  ever returned. The one exception is an NCMEC entry that holds no
+  fingerprint of the algorithms read (only PhotoDNA, say): it is well formed
+  but useless here, so it is skipped and counted in `skipped`.
 - An empty input, or one without a single hash, raises ImportRejected with a
   sentence saying so; so do a missing file, a CSV without the wanted column
   and a JSON file whose header is not a VICS data model.
@@ -48,8 +53,8 @@ What a caller can rely on:
   prefix or flag value that could not be understood.
 
 Formats are described in their modules: _text (one hash a line, the fast one),
-_csv (a header row; the Interpol ICSE export) and _vics (Project VIC / CAID
-VICS JSON 1.x and 2.0).
+_csv (a header row; the Interpol ICSE export), _vics (Project VIC / CAID
+VICS JSON 1.x and 2.0) and _ncmec (NCMEC-style XML pages with tombstones).
 """
 
 from __future__ import annotations
@@ -88,10 +93,11 @@ _FORMAT_BY_SUFFIX = {
 
 
 def infer_format(name: str) -> str:
-    """The format a file name suggests: `.csv`/`.tsv` csv, `.json` vics, else text.
+    """The format a file name's suffix suggests, text when it suggests none.
 
-    Plain lists come under many names (`.txt`, `.hashes`, `.md5`, `.sha1`, no
-    suffix at all), so text is the default rather than an error.
+    `.csv` and `.tsv` mean csv, `.json` vics and `.xml` ncmec. Plain lists
+    come under many names (`.txt`, `.hashes`, `.md5`, `.sha1`, no suffix at
+    all), so text is the default rather than an error.
 
         infer_format("ICSE-export.CSV")  # "csv"
     """

@@ -16,17 +16,28 @@ A page, as the hash-sharing service sends about a thousand entries at a time
     </queryResult>
 
 - An entry's hashes are its fingerprints of the algorithms we serve (`md5`,
-  `sha1`, `sha256`, `pdq`); others (`pdna`, ...) are skipped. Its
-  classification becomes the category.
+  `sha1`, `sha256`, `pdq`), or of `algorithm` alone when one is given;
+  others (`pdna`, ...) are passed over. Its classification becomes the
+  category.
 - A tombstone (`deletedImage`, `deletedVideo`) withdraws an earlier entry. It
   names the entry by `id` and may repeat its fingerprints; the store takes the
   hashes it recorded for that id, plus any fingerprints given, off the list.
-- An entry without any usable fingerprint, or a tombstone without an id or a
-  fingerprint, is a problem; so is a malformed hex fingerprint.
+- An entry left without a fingerprint to read (a PhotoDNA-only image, a
+  SHA-1-only video read for MD5), or a tombstone without an id whose
+  fingerprints are all of that kind, is skipped and counted in
+  `ParsedFile.skipped`: the service shares such entries routinely, and one
+  of them must not hold back the rest of the page.
+- A malformed hex fingerprint, or a tombstone that names nothing (no id and
+  no fingerprint at all), is a problem and rejects the file, as does XML
+  that is not well-formed.
 
-Record numbers (a hash's `lines` entry) count entries and tombstones from 1 in
-document order. The file is read with a streaming parser, so pages of any size
-cost memory for their hashes only.
+Record numbers (a hash's `lines` entry, a problem's line) count entries and
+tombstones from 1 in document order. This reader does not stream: it reads
+the whole file into memory first (reporting progress as it does), then walks
+that copy with ElementTree's iterparse, clearing each entry once it is read
+so that the tree keeps only an empty element per entry. A page costs about
+its size in bytes plus its hashes, which suits pages of a few thousand
+entries as the service sends them.
 """
 
 from __future__ import annotations
@@ -107,6 +118,7 @@ class _NcmecReader:
         self._record_ids: dict[str, list[tuple[Algorithm, bytes]]] = {}
         self._withdrawn_ids: list[str] = []
         self._records = 0
+        self._skipped = 0
         self._saw_root = False
 
     def read_element(self, element: ElementTree.Element) -> None:
@@ -127,7 +139,7 @@ class _NcmecReader:
         if fingerprints is None:
             return
         if not fingerprints:
-            self._problems.add(record, "entry without an md5, sha1, sha256 or pdq")
+            self._skipped += 1
             return
 
         category = self._categories.code(_child_text(element, "classification"))
@@ -143,7 +155,10 @@ class _NcmecReader:
             return
         entry_id = _child_text(element, "id")
         if not entry_id and not fingerprints:
-            self._problems.add(record, "tombstone without an id or a fingerprint")
+            if _has_fingerprint_elements(element):
+                self._skipped += 1
+            else:
+                self._problems.add(record, "tombstone without an id or a fingerprint")
             return
 
         if entry_id:
@@ -189,7 +204,10 @@ class _NcmecReader:
             for builder in self._withdrawn.builders()
             if len(builder)
         }
-        if not self._destinations.builders() and (withdrawn or self._withdrawn_ids):
+        # A page of tombstones, or of entries all skipped, is still a page.
+        if not self._destinations.builders() and (
+            withdrawn or self._withdrawn_ids or self._skipped
+        ):
             parsed = ParsedFile(self._source, "ncmec", self._records, {})
         else:
             parsed = finish_file(
@@ -211,12 +229,27 @@ class _NcmecReader:
             record_ids={
                 entry_id: tuple(hashes) for entry_id, hashes in self._record_ids.items()
             },
+            skipped=self._skipped,
+            skipped_reason=f"without {self._wanted_fingerprint()} fingerprint",
         )
+
+    def _wanted_fingerprint(self) -> str:
+        if self._algorithm is None:
+            return "an md5, sha1, sha256 or pdq"
+        article = "a" if self._algorithm is Algorithm.PDQ else "an"
+        return f"{article} {self._algorithm.value}"
 
 
 def _local(tag: str) -> str:
     """A tag without its namespace: '{urn:x}image' -> 'image'."""
     return tag.rsplit("}", 1)[-1]
+
+
+def _has_fingerprint_elements(element: ElementTree.Element) -> bool:
+    """Whether the element holds any fingerprint, of an algorithm we read or not."""
+    return any(
+        len(holder) for holder in element.iter() if _local(holder.tag) == "fingerprints"
+    )
 
 
 def _child_text(element: ElementTree.Element, name: str) -> str:

@@ -92,6 +92,9 @@ class ParsedFile:
     `withdrawn` hashes by algorithm and `withdrawn_ids` of earlier entries;
     and, for entries that carry an id, `record_ids` maps the id to its
     hashes so that a later tombstone naming only the id can withdraw them.
+    `skipped` counts records passed over because they hold no hash to read
+    (NCMEC entries with only PhotoDNA, say); `skipped_reason` says why, as in
+    "skipped 3 entries without an md5 fingerprint".
     """
 
     source: str
@@ -103,6 +106,8 @@ class ParsedFile:
     record_ids: dict[str, tuple[tuple[Algorithm, bytes], ...]] = field(
         default_factory=dict
     )
+    skipped: int = 0
+    skipped_reason: str = ""
 
 
 class CategoryTable:

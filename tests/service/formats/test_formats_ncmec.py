@@ -76,11 +76,6 @@ def test_reads_tombstones_by_id_and_fingerprint() -> None:
     ("entries", "fragment"),
     [
         pytest.param(_image("1", "A1", md5="xyz"), "md5 fingerprint", id="bad-hex"),
-        pytest.param(
-            "<image><id>1</id><fingerprints><pdna>AA</pdna></fingerprints></image>",
-            "entry without",
-            id="no-usable-fingerprint",
-        ),
         pytest.param("<deletedVideo></deletedVideo>", "tombstone without", id="tomb"),
     ],
 )
@@ -92,6 +87,56 @@ def test_malformed_entries_are_problems_with_record_numbers(
 
     assert fragment in str(rejected.value)
     assert ":1:" in str(rejected.value)
+
+
+def test_entries_without_a_readable_fingerprint_are_skipped_and_counted() -> None:
+    md5 = random_hashes(1, seed=4)
+    page = _page(
+        "<images>"
+        + _image("1", "A1", md5=md5[0].tobytes().hex())
+        + _image("2", "A1")  # PhotoDNA only
+        + "<deletedImage><fingerprints><pdna>AAAA</pdna></fingerprints>"
+        "</deletedImage></images>"
+    )
+
+    parsed = read_hash_file(page, format="ncmec")
+
+    assert (parsed.records, parsed.skipped) == (3, 2)
+    assert parsed.skipped_reason == "without an md5, sha1, sha256 or pdq fingerprint"
+    assert parsed.by_algorithm[Algorithm.MD5].lines.tolist() == [1]
+
+
+def test_entries_of_another_algorithm_are_skipped_when_one_is_chosen() -> None:
+    md5 = random_hashes(1, seed=6)
+    sha1 = random_hashes(1, 20, seed=7)
+    page = _page(
+        "<images>" + _image("1", "A1", md5=md5[0].tobytes().hex()) + "</images>"
+        "<videos><video><id>2</id><fingerprints>"
+        f"<sha1>{sha1[0].tobytes().hex()}</sha1></fingerprints></video></videos>"
+    )
+
+    parsed = read_hash_file(page, format="ncmec", algorithm=Algorithm.MD5)
+
+    assert parsed.skipped == 1
+    assert parsed.skipped_reason == "without an md5 fingerprint"
+    assert parsed.by_algorithm[Algorithm.MD5].hashes.tolist() == md5.tolist()
+
+
+def test_page_of_only_skipped_entries_is_read_empty() -> None:
+    page = _page("<images>" + _image("1", "A1") + "</images>")
+
+    parsed = read_hash_file(page, format="ncmec")
+
+    assert (parsed.by_algorithm, parsed.skipped) == ({}, 1)
+
+
+def test_bad_hex_beside_skipped_entries_still_rejects_the_page() -> None:
+    page = _page(
+        "<images>" + _image("1", "A1") + _image("2", "A1", md5="xyz") + "</images>"
+    )
+
+    with pytest.raises(MalformedInput, match=r"<stream>:2: md5 fingerprint"):
+        read_hash_file(page, format="ncmec")
 
 
 def test_not_xml_is_rejected() -> None:
