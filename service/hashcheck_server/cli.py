@@ -53,7 +53,7 @@ from hashcheck_server.formats import infer_format, read_hash_file
 from hashcheck_server.importer import prepare_entries
 from hashcheck_server.logs import configure_logging
 from hashcheck_server.pdq_quality import hold_back_low_quality
-from hashcheck_server.store import HashStore, ImportReport, ListSummary
+from hashcheck_server.store import HashStore, ImportReport, ListSummary, Withdrawals
 
 __all__ = ["main"]
 
@@ -234,6 +234,8 @@ def _run_import(args: argparse.Namespace) -> int:
             record_ids=prepared.record_ids,
         )
     _print_import_report(report, parsed.records, prepared.dropped_empty_file)
+    if parsed.skipped:
+        print(f"  {_skipped_entries(parsed.skipped, parsed.skipped_reason)}")
     if quality is not None:
         print(f"  {quality.describe()}")
     return EXIT_OK
@@ -265,6 +267,11 @@ def _print_import_report(
             f"{empty} empty-file hash(es) dropped; table holds {part.table_hashes}"
         )
     print(f"  took {report.seconds:.1f} s")
+
+
+def _skipped_entries(count: int, reason: str) -> str:
+    entries = "entry" if count == 1 else "entries"
+    return f"skipped {count} {entries} {reason}"
 
 
 def _add_lists(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -353,7 +360,7 @@ def _add_remove(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _run_remove(args: argparse.Namespace) -> int:
-    tokens = _hash_tokens(args.hashes)
+    tokens = _hash_arguments(args.hashes)
     grouped = _group_hex(tokens, args.algorithm)
     with HashStore.open(args.data) as store:
         for algorithm, hashes in grouped.items():
@@ -369,23 +376,48 @@ def _run_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _hash_tokens(arguments: list[str]) -> list[str]:
-    if arguments == ["-"]:
-        return sys.stdin.read().split()
-    return arguments
+def _hash_arguments(arguments: list[str]) -> list[tuple[str, str]]:
+    """(where, hex) of every hash named: the arguments, and stdin for `-`.
+
+    `-` is the fixed form's way for scripts to pipe hashes in, one a line. It
+    is read once, wherever it stands, so `HASH... -` takes both.
+    """
+    named: list[tuple[str, str]] = []
+    stdin_read = False
+    for number, argument in enumerate(arguments, start=1):
+        if argument != "-":
+            named.append((f"hash {number}", argument))
+        elif not stdin_read:
+            named.extend(_stdin_hashes())
+            stdin_read = True
+    return named
+
+
+def _stdin_hashes() -> list[tuple[str, str]]:
+    """The hashes on standard input, blank lines skipped.
+
+    Read as bytes and decoded here: a file saved with a byte-order mark, or
+    with Windows line ends, is still one hash a line.
+    """
+    text = sys.stdin.buffer.read().decode("utf-8-sig", errors="replace")
+    return [
+        (f"standard input line {number}", token)
+        for number, line in enumerate(text.splitlines(), start=1)
+        for token in line.split()
+    ]
 
 
 def _group_hex(
-    tokens: list[str], algorithm: Algorithm | None
+    named: list[tuple[str, str]], algorithm: Algorithm | None
 ) -> dict[Algorithm, np.ndarray]:
     """Raw hashes by algorithm; a token that is not a hash is an error."""
     grouped: dict[Algorithm, list[bytes]] = {}
-    for number, token in enumerate(tokens, start=1):
+    for where, token in named:
         try:
             chosen = algorithm or infer_algorithm(token)
             grouped.setdefault(chosen, []).append(parse_hex(token, chosen))
         except ValueError as error:
-            raise HashCheckError(f"hash {number}: {error}") from None
+            raise HashCheckError(f"{where}: {error}") from None
     return {
         chosen: np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(-1, chosen.width)
         for chosen, raw in grouped.items()
@@ -410,7 +442,9 @@ def _run_promote(args: argparse.Namespace) -> int:
 
 def _add_staged(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser(
-        "staged", help="a staged list's overlap with the allow and live lists"
+        "staged",
+        help="a staged list's overlap with the allow and live lists, and what "
+        "its tombstones will withdraw on promotion",
     )
     _data_argument(command)
     command.add_argument("name")
@@ -420,8 +454,25 @@ def _add_staged(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _run_staged(args: argparse.Namespace) -> int:
     with HashStore.open(args.data, readonly=True) as store:
         overlap = store.staged_overlap(args.name)
-    print(json.dumps({a.value: counts for a, counts in overlap.items()}, indent=2))
+        tombstones = store.staged_withdrawals(args.name)
+    shown: dict[str, object] = {a.value: counts for a, counts in overlap.items()}
+    # Only when there are some, so the usual output keeps its one key per
+    # algorithm.
+    if not tombstones.is_empty:
+        shown["tombstones"] = _tombstones_json(tombstones)
+    print(json.dumps(shown, indent=2))
     return EXIT_OK
+
+
+def _tombstones_json(tombstones: Withdrawals) -> dict[str, object]:
+    """What a staged list's tombstones will withdraw from the list it joins."""
+    return {
+        "record_ids": len(tombstones.record_ids),
+        "hashes": {
+            algorithm.value: int(hashes.shape[0])
+            for algorithm, hashes in tombstones.hashes.items()
+        },
+    }
 
 
 def _add_merge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -32,7 +32,13 @@ Named databases and their records:
   (stored, shown to operators, not served until promoted).
 - ``records``: ``<list> NUL <record id>`` -> JSON [[algorithm, hex], ...]: the
   hashes an entry with an id brought (NCMEC entries), so that a later
-  tombstone naming only the id can withdraw them.
+  tombstone naming only the id can withdraw them. Promoting a staged list
+  into a live one moves its records to the live list's name.
+- ``tombstones``: ``<staged list>`` -> JSON {"record_ids": [id, ...],
+  "hashes": [[algorithm, hex], ...]}: what the tombstones of a staged list's
+  imports withdrew. They were applied to the staged list at import; they are
+  kept here to be applied to the live list it is promoted into, and go with
+  the promotion or the retirement of the staged list.
 - ``tenants`` (hashcheck_server.tenants, opened there on first use):
   ``tenant/<name>`` -> JSON of the admitted company: lists, categories,
   limits, flags and its API keys as {"key_id", "digest"} (an HMAC, never the
@@ -187,6 +193,7 @@ class Environment:
             self.members = self._open_db(b"members", readonly)
             self.lists = self._open_db(b"lists", readonly)
             self.records = self._open_db(b"records", readonly)
+            self.tombstones = self._open_db(b"tombstones", readonly)
             self.quarantine = self._open_db(b"quarantine", readonly)
             self.disputes = self._open_db(b"disputes", readonly)
             self.withdrawals = self._open_db(b"withdrawals", readonly)

@@ -26,9 +26,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, and any traceback.
 
     Fields passed as `extra=` (such as `event`, which names operator events:
-    `server_started`, `configuration`, `generation_switch`, `call_refused`)
-    are added to the object, so collectors can select events without parsing
-    messages.
+    `server_started`, `configuration`, `generation_switch`, `call_refused`,
+    `import_finished`) are added to the object, so collectors can select
+    events without parsing messages.
     """
 
     def format(self, record: logging.LogRecord) -> str:

@@ -23,6 +23,12 @@ rows (they never hit) until the next import of that algorithm compacts them.
 A change that ends hits (a removal, a retirement, a tombstone, a hash put on
 an allow list) also writes withdrawal events in its transaction, a few per
 change (hashcheck_server.withdrawals), so tenants can learn of it.
+
+Tombstones in an import into a staged list take effect twice: on the staged
+list at once, and on the live list it is later promoted into. What they
+withdrew is kept beside the staged list until then (layout ``tombstones``),
+and its NCMEC record ids move into the live list with its hashes, so that
+staging a page and promoting it ends where importing it live would have.
 """
 
 from __future__ import annotations
@@ -120,6 +126,41 @@ class Withdrawals:
 
     hashes: dict[Algorithm, npt.NDArray[np.uint8]] = field(default_factory=dict)
     record_ids: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.record_ids and not any(h.size for h in self.hashes.values())
+
+    def merged(self, later: Withdrawals) -> Withdrawals:
+        """Both sets of withdrawals, each id and hash once."""
+        record_ids = tuple(dict.fromkeys(self.record_ids + later.record_ids))
+        hashes = {}
+        for algorithm in self.hashes.keys() | later.hashes.keys():
+            parts = [
+                w.hashes[algorithm] for w in (self, later) if algorithm in w.hashes
+            ]
+            hashes[algorithm] = np.unique(np.concatenate(parts), axis=0)
+        return Withdrawals(hashes, record_ids)
+
+    def to_json(self) -> bytes:
+        hashes = [
+            [algorithm.value, row.tobytes().hex()]
+            for algorithm, rows in sorted(self.hashes.items(), key=lambda i: i[0].value)
+            for row in rows
+        ]
+        return json.dumps(
+            {"record_ids": list(self.record_ids), "hashes": hashes}
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Withdrawals:
+        value = json.loads(raw)
+        found: dict[Algorithm, list[bytes]] = {}
+        for algorithm_name, hex_hash in value["hashes"]:
+            found.setdefault(Algorithm(algorithm_name), []).append(
+                bytes.fromhex(hex_hash)
+            )
+        return cls(_stacked(found), tuple(value["record_ids"]))
 
 
 @dataclass(frozen=True)
@@ -220,6 +261,9 @@ class HashStore:
             withdrawn = self._withdrawn_hashes(
                 transaction, list_name, withdrawals, record_ids or {}
             )
+            if record.state == layout.STAGED and withdrawals is not None:
+                kept = Withdrawals(withdrawn, withdrawals.record_ids)
+                self._keep_for_promotion(transaction, list_name, kept)
             algorithms = set(entries_by_algorithm) | set(withdrawn)
             if replace:
                 algorithms |= set(
@@ -247,18 +291,7 @@ class HashStore:
             changes.record(report.generation)
 
         report.seconds = time.perf_counter() - started
-        logger.info(
-            "imported list %s: generation %d, %d added, %d updated, %d removed, "
-            "%d unchanged, %d held back as allow-listed in %.1f s",
-            list_name,
-            report.generation,
-            report.total("added"),
-            report.total("updated"),
-            report.total("removed"),
-            report.total("unchanged"),
-            report.total("held_back"),
-            report.seconds,
-        )
+        _log_import(report, record)
         return report
 
     def remove_hashes(
@@ -318,6 +351,9 @@ class HashStore:
                         held += len(bitmap)
                         transaction.delete(key, db=self.environment.members)
             transaction.delete(list_name.encode(), db=self.environment.lists)
+            # A list of the same name later must not inherit its ids or tombstones.
+            self._delete_records(transaction, list_name)
+            self._forget_kept_withdrawals(transaction, list_name)
             generation = self._commit_generation(transaction, f"retire {list_name}")
             changes.record(generation)
         logger.info(
@@ -328,10 +364,12 @@ class HashStore:
     def promote(self, staged_name: str, *, into: str | None = None) -> int:
         """Make a staged list live, or fold it into a live list; returns the generation.
 
-        With `into`, the staged list's hashes join that live list with their
-        categories (hashes on a live allow list held back, as in an import)
-        and the staged list is deleted. Without, the staged list itself goes
-        live.
+        With `into`, the tombstones of the staged list's imports first take
+        what they withdrew off that live list; then the staged list's hashes
+        join it with their categories (hashes on a live allow list held back,
+        as in an import) and its record ids move to it, and the staged list
+        is deleted. Without, the staged list itself goes live (its tombstones
+        were applied to it at import).
         """
         with self._changing() as transaction:
             staged = self._require_list(transaction, staged_name)
@@ -341,23 +379,37 @@ class HashStore:
                 )
             changes = HitChanges(self.environment, transaction, "promote")
             changes.note_promotion(staged)
+            withdrawn = 0
             if into is None:
                 promoted = replace_record(
                     staged, state=layout.LIVE, updated_at=time.time()
                 )
                 layout.write_list_record(self.environment, transaction, promoted)
+                self._forget_kept_withdrawals(transaction, staged_name)
             else:
-                self._fold_into(transaction, staged, into)
+                withdrawn = self._fold_into(transaction, staged, into, changes)
             change = f"promote {staged_name}" + (f" into {into}" if into else "")
             generation = self._commit_generation(transaction, change)
             changes.record(generation)
         logger.info(
-            "promoted staged list %s%s: generation %d",
+            "promoted staged list %s%s: %d hashes withdrawn by its tombstones, "
+            "generation %d",
             staged_name,
             f" into {into}" if into else "",
+            withdrawn,
             generation,
         )
         return generation
+
+    def staged_withdrawals(self, staged_name: str) -> Withdrawals:
+        """What the tombstones of a staged list's imports will withdraw on promotion.
+
+        Record ids are looked up in the live list it is promoted into; the
+        hashes are those the tombstones named or that their ids had brought.
+        """
+        with self.environment.read() as transaction:
+            self._require_list(transaction, staged_name)
+            return self._kept_withdrawals(transaction, staged_name)
 
     def staged_overlap(self, staged_name: str) -> dict[Algorithm, dict[str, int]]:
         """For a staged list, per algorithm: its size, and how much of it each
@@ -387,32 +439,87 @@ class HashStore:
         return overlap
 
     def _fold_into(
-        self, transaction: Any, staged: layout.ListRecord, into: str
-    ) -> None:
+        self,
+        transaction: Any,
+        staged: layout.ListRecord,
+        into: str,
+        changes: HitChanges,
+    ) -> int:
+        """Fold a staged list into `into`; returns how many hashes it withdrew."""
         target = self._require_list(transaction, into)
         if target.kind != staged.kind:
             raise ImportRejected(
                 f"{staged.name} and {into} are lists of different kinds."
             )
+        kept = self._kept_withdrawals(transaction, staged.name)
+        # Resolved before the staged records move in: an id that a later
+        # staged entry used again belongs to that entry, not to the tombstone.
+        withdrawn = self._withdrawn_hashes(transaction, into, kept, {})
         allow_lists = self._live_allow_lists(transaction, target)
+        removed = 0
         for algorithm in layout.stored_algorithms(self.environment, transaction):
-            memberships = dict(self._membership_items(transaction, algorithm))
-            allowed = BitMap.union(
-                BitMap(), *(b for n, _, b in memberships.values() if n in allow_lists)
+            removed += self._fold_algorithm(
+                transaction,
+                algorithm,
+                staged.name,
+                target,
+                allow_lists,
+                withdrawn.get(algorithm),
+                changes,
             )
-            for key, (name, category, bitmap) in list(memberships.items()):
-                if name != staged.name:
-                    continue
-                moving = bitmap - allowed
-                _take_off_list(memberships, into, moving)
-                target_key = layout.membership_key(algorithm, into, category)
-                current = memberships.get(target_key, (into, category, BitMap()))[2]
-                memberships[target_key] = (into, category, current | moving)
-                memberships[key] = (name, category, BitMap())
-            self._write_memberships(transaction, memberships, None, 0)
+        self._move_records(transaction, staged.name, into)
+        self._forget_kept_withdrawals(transaction, staged.name)
         transaction.delete(staged.name.encode(), db=self.environment.lists)
         touched = replace_record(target, updated_at=time.time())
         layout.write_list_record(self.environment, transaction, touched)
+        return removed
+
+    def _fold_algorithm(
+        self,
+        transaction: Any,
+        algorithm: Algorithm,
+        staged_name: str,
+        target: layout.ListRecord,
+        allow_lists: set[str],
+        withdrawn: npt.NDArray[np.uint8] | None,
+        changes: HitChanges,
+    ) -> int:
+        """Take the withdrawn hashes off the target, then move the staged ones in.
+
+        Withdrawals go first because each staged import already applied its
+        tombstones to the staged list: whatever it still holds was listed
+        after them, so it stays.
+        """
+        parts = self._read_parts(transaction, algorithm)
+        memberships = dict(self._membership_items(transaction, algorithm))
+        before = dict(memberships)
+        removed = 0
+        if withdrawn is not None and withdrawn.size:
+            rows = _rows_in_table(parts, withdrawn)
+            removed = _take_off_list(memberships, target.name, rows)
+
+        allowed = BitMap.union(
+            BitMap(), *(b for n, _, b in memberships.values() if n in allow_lists)
+        )
+        for key, (name, category, bitmap) in list(memberships.items()):
+            if name != staged_name:
+                continue
+            moving = bitmap - allowed
+            _take_off_list(memberships, target.name, moving)
+            target_key = layout.membership_key(algorithm, target.name, category)
+            current = memberships.get(target_key, (target.name, category, BitMap()))
+            memberships[target_key] = (target.name, category, current[2] | moving)
+            memberships[key] = (name, category, BitMap())
+
+        # Only withdrawals end hits here; an allow list's new hashes are
+        # noted by note_promotion.
+        if removed and target.kind == layout.BLOCK:
+            table_rows = (parts.base, parts.delta)
+            changes.compare(
+                algorithm, before.values(), memberships.values(), table_rows
+            )
+        self._write_memberships(transaction, memberships, None, 0)
+        return removed
 
     def merge(self) -> int:
         """Rebuild every base table with its delta, dropping dead rows.
@@ -549,12 +656,7 @@ class HashStore:
                 algorithm = Algorithm(algorithm_name)
                 found.setdefault(algorithm, []).append(bytes.fromhex(hex_hash))
             transaction.delete(key, db=records)
-        return {
-            algorithm: np.frombuffer(b"".join(parts), np.uint8).reshape(
-                -1, algorithm.width
-            )
-            for algorithm, parts in found.items()
-        }
+        return _stacked(found)
 
     def _remember_records(
         self,
@@ -573,6 +675,57 @@ class HashStore:
                 json.dumps(value).encode(),
                 db=self.environment.records,
             )
+
+    def _keep_for_promotion(
+        self, transaction: Any, list_name: str, withdrawals: Withdrawals
+    ) -> None:
+        """Add a staged import's withdrawals to those kept for its promotion."""
+        if withdrawals.is_empty:
+            return
+        kept = self._kept_withdrawals(transaction, list_name).merged(withdrawals)
+        transaction.put(
+            list_name.encode(), kept.to_json(), db=self.environment.tombstones
+        )
+
+    def _kept_withdrawals(self, transaction: Any, list_name: str) -> Withdrawals:
+        database = self.environment.tombstones
+        # None: a read-only open of a store written before staged tombstones.
+        if database is None:
+            return Withdrawals()
+        raw = transaction.get(list_name.encode(), db=database)
+        return Withdrawals() if raw is None else Withdrawals.from_json(bytes(raw))
+
+    def _forget_kept_withdrawals(self, transaction: Any, list_name: str) -> None:
+        transaction.delete(list_name.encode(), db=self.environment.tombstones)
+
+    def _list_records(
+        self, transaction: Any, list_name: str
+    ) -> list[tuple[bytes, bytes]]:
+        """(record id, value) of every record id kept for a list."""
+        prefix = _record_key(list_name, "")
+        cursor = transaction.cursor(db=self.environment.records)
+        if not cursor.set_range(prefix):
+            return []
+        found = []
+        for key, value in cursor:
+            key = bytes(key)
+            if not key.startswith(prefix):
+                break
+            found.append((key[len(prefix) :], bytes(value)))
+        return found
+
+    def _move_records(self, transaction: Any, source: str, target: str) -> None:
+        """Give the target list the source's record ids (theirs win a clash)."""
+        records = self.environment.records
+        target_prefix = _record_key(target, "")
+        for record_id, value in self._list_records(transaction, source):
+            transaction.put((target_prefix + record_id)[:500], value, db=records)
+        self._delete_records(transaction, source)
+
+    def _delete_records(self, transaction: Any, list_name: str) -> None:
+        prefix = _record_key(list_name, "")
+        for record_id, _ in self._list_records(transaction, list_name):
+            transaction.delete(prefix + record_id, db=self.environment.records)
 
     def _import_algorithm(
         self,
@@ -879,6 +1032,45 @@ def _record_key(list_name: str, record_id: str) -> bytes:
     return f"{list_name}\x00{record_id}".encode()[:500]
 
 
+def _stacked(
+    found: Mapping[Algorithm, Sequence[bytes]],
+) -> dict[Algorithm, npt.NDArray[np.uint8]]:
+    """Raw hashes by algorithm as (n, width) arrays."""
+    return {
+        algorithm: np.frombuffer(b"".join(parts), np.uint8).reshape(-1, algorithm.width)
+        for algorithm, parts in found.items()
+    }
+
+
+def _log_import(report: ImportReport, record: layout.ListRecord) -> None:
+    """The one log line, and event, of a finished import."""
+    counts = {
+        name: report.total(name)
+        for name in ("added", "updated", "removed", "unchanged", "held_back")
+    }
+    logger.info(
+        "imported list %s (%s): generation %d, %d added, %d updated, %d removed, "
+        "%d unchanged, %d held back as allow-listed in %.1f s",
+        report.list_name,
+        record.state,
+        report.generation,
+        counts["added"],
+        counts["updated"],
+        counts["removed"],
+        counts["unchanged"],
+        counts["held_back"],
+        report.seconds,
+        extra={
+            "event": "import_finished",
+            "list": report.list_name,
+            "state": record.state,
+            "generation": report.generation,
+            **counts,
+            "seconds": round(report.seconds, 3),
+        },
+    )
+
+
 def _hold_back(
     memberships: dict[bytes, tuple[str, str, BitMap]],
     allow_lists: set[str],
@@ -914,7 +1106,7 @@ def _withdrawn_rows(
 ) -> BitMap:
     """Rows of the withdrawn hashes, among old rows and this import's own."""
     batch = np.ascontiguousarray(withdrawn).tobytes()
-    rows = BitMap(parts.table.find(batch).rows.astype(np.uint32))
+    rows = _rows_in_table(parts, withdrawn)
     if unique.shape[0]:
         imported = LayeredTable(
             [SortedTable(unique, build_index(unique), unique.shape[1])]
@@ -922,6 +1114,12 @@ def _withdrawn_rows(
         positions = imported.find(batch).rows
         rows |= BitMap(combined_ids[positions].astype(np.uint32))
     return rows
+
+
+def _rows_in_table(parts: _Parts, hashes: npt.NDArray[np.uint8]) -> BitMap:
+    """Rows of the hashes that the table holds."""
+    batch = np.ascontiguousarray(hashes).tobytes()
+    return BitMap(parts.table.find(batch).rows.astype(np.uint32))
 
 
 def _take_off_list(

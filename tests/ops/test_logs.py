@@ -36,6 +36,33 @@ def test_json_lines_carry_the_event_and_its_fields() -> None:
     )
 
 
+def test_import_logs_one_import_finished_event_with_its_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    police = build_store(tmp_path / "data", 10)
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="hashcheck_server.store")
+    fresh = random_hashes(3, seed=8)
+    with HashStore.open(tmp_path / "data") as store:
+        store.import_entries(
+            "police",
+            [md5_entries(np.concatenate([police[:4], fresh]), "A1")],
+            replace=True,
+        )
+
+    (record,) = [
+        r for r in caplog.records if getattr(r, "event", "") == "import_finished"
+    ]
+    entry = json.loads(JsonFormatter().format(record))
+
+    counts = {name: entry[name] for name in ("added", "unchanged", "removed")}
+    assert (entry["list"], entry["state"], entry["generation"]) == ("police", "live", 2)
+    assert counts == {"added": 3, "unchanged": 4, "removed": 6}
+    assert (entry["updated"], entry["held_back"]) == (0, 0)
+    assert "imported list police" in entry["message"]
+    assert police[0].tobytes().hex() not in json.dumps(entry)
+
+
 def test_no_log_line_holds_a_hash_that_missed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

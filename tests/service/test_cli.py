@@ -145,6 +145,50 @@ def test_remove_and_retire(tmp_path: Path) -> None:
     assert "retired police (15 hashes)" in retired.stdout
 
 
+def test_remove_dash_reads_one_hash_a_line_from_stdin(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    hexes = _hex_file(tmp_path / "police.txt", 10, seed=6)
+    _run(
+        "import", "--data", str(data), "--list", "police", str(tmp_path / "police.txt")
+    )
+    # As a script on another system might write it: a BOM, CRLF, a blank line.
+    piped = "\ufeff" + "\r\n".join([hexes[0], "", hexes[1].upper()]) + "\r\n"
+
+    from_list = _run(
+        "remove", "--data", str(data), "--list", "police", "-", stdin=piped
+    )
+    with_arguments = _run(
+        "remove",
+        "--data",
+        str(data),
+        "--algorithm",
+        "md5",
+        hexes[2],
+        "-",
+        stdin=hexes[3],
+    )
+
+    assert from_list.returncode == 0, from_list.stderr
+    assert "md5: removed 2 of 2 from police" in from_list.stdout
+    assert with_arguments.returncode == 0, with_arguments.stderr
+    assert "md5: removed 2 of 2 from every list" in with_arguments.stdout
+    with HashStore.open(data, readonly=True) as store:
+        assert store.list_summary("police").total == 6
+
+
+def test_remove_dash_names_the_stdin_line_of_a_bad_hash(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    hexes = _hex_file(tmp_path / "l.txt", 2, seed=7)
+    _run("import", "--data", str(data), "--list", "l", str(tmp_path / "l.txt"))
+
+    result = _run("remove", "--data", str(data), "-", stdin=f"{hexes[0]}\n\nabc\n")
+
+    assert result.returncode == 2
+    assert "standard input line 3" in result.stderr
+    with HashStore.open(data, readonly=True) as store:
+        assert store.list_summary("l").total == 2
+
+
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [

@@ -15,6 +15,7 @@ from hashcheck_server import layout
 from hashcheck_server.errors import ImportRejected
 from hashcheck_server.generation import Generation, ListMatch
 from hashcheck_server.store import HashStore, Withdrawals
+from hashcheck_server.withdrawals import read_events
 from synthetic import md5_entries, random_hashes
 
 SERVER_CLI = str(Path(sys.executable).parent / "hashcheck-server")
@@ -123,6 +124,119 @@ def test_tombstone_by_id_withdraws_recorded_hashes(data_dir: Path) -> None:
         assert sorted(_hits(store, hashes)) == [0, 2]
 
 
+def _ids(
+    hashes: np.ndarray, first: int = 0
+) -> dict[str, tuple[tuple[Algorithm, bytes]]]:
+    return {
+        str(first + n): ((Algorithm.MD5, row.tobytes()),)
+        for n, row in enumerate(hashes)
+    }
+
+
+def test_promote_into_live_list_moves_record_ids(data_dir: Path) -> None:
+    live, staged = random_hashes(3, seed=11), random_hashes(3, seed=12)
+    with HashStore.open(data_dir, create=True) as store:
+        store.import_entries("ncmec", [md5_entries(live, "A1")], record_ids=_ids(live))
+        store.import_entries(
+            "page-2",
+            [md5_entries(staged, "A1")],
+            staged=True,
+            record_ids=_ids(staged, first=10),
+        )
+        store.promote("page-2", into="ncmec")
+        # A later page withdraws an entry that came in through the staged list.
+        report = store.import_entries(
+            "ncmec", [], withdrawals=Withdrawals(record_ids=("11",))
+        )
+
+        assert report.total("removed") == 1
+        assert sorted(_hits(store, staged)) == [0, 2]
+        assert sorted(_hits(store, live)) == [0, 1, 2]
+
+
+def test_staged_tombstones_withdraw_from_live_list_on_promotion(
+    data_dir: Path,
+) -> None:
+    live, named = random_hashes(4, seed=13), random_hashes(1, seed=14)
+    with HashStore.open(data_dir, create=True) as store:
+        store.import_entries("ncmec", [md5_entries(live, "A1")], record_ids=_ids(live))
+        store.import_entries("ncmec", [md5_entries(named, "A2")])
+        store.import_entries(
+            "page-3",
+            [md5_entries(random_hashes(2, seed=15), "A1")],
+            staged=True,
+            withdrawals=Withdrawals({Algorithm.MD5: named}, record_ids=("1",)),
+        )
+
+        kept = store.staged_withdrawals("page-3")
+        assert kept.record_ids == ("1",)
+        assert kept.hashes[Algorithm.MD5].tolist() == named.tolist()
+        assert sorted(_hits(store, live)) == [0, 1, 2, 3]  # not live yet
+
+        store.promote("page-3", into="ncmec")
+
+        assert sorted(_hits(store, live)) == [0, 2, 3]
+        assert _hits(store, named) == {}
+        again = store.import_entries(
+            "ncmec", [], withdrawals=Withdrawals(record_ids=("1",))
+        )
+        assert again.total("removed") == 0  # the id went with its tombstone
+
+
+def test_staged_entry_listed_after_a_staged_tombstone_stays(data_dir: Path) -> None:
+    hashes = random_hashes(2, seed=16)
+    with HashStore.open(data_dir, create=True) as store:
+        store.import_entries(
+            "ncmec", [md5_entries(hashes, "A1")], record_ids=_ids(hashes)
+        )
+        store.import_entries(
+            "pages", [], staged=True, withdrawals=Withdrawals(record_ids=("0",))
+        )
+        # The next staged page lists the withdrawn hash again, under a new id.
+        store.import_entries(
+            "pages",
+            [md5_entries(hashes[:1], "B1")],
+            staged=True,
+            record_ids=_ids(hashes[:1], first=5),
+        )
+        store.promote("pages", into="ncmec")
+
+        assert _hits(store, hashes) == {
+            0: (ListMatch("ncmec", "B1"),),
+            1: (ListMatch("ncmec", "A1"),),
+        }
+
+
+def test_staged_tombstones_are_withdrawal_events_on_promotion(data_dir: Path) -> None:
+    live = random_hashes(2, seed=17)
+    with HashStore.open(data_dir, create=True) as store:
+        store.import_entries("ncmec", [md5_entries(live, "A1")], record_ids=_ids(live))
+        store.import_entries(
+            "page", [], staged=True, withdrawals=Withdrawals(record_ids=("1",))
+        )
+        store.promote("page", into="ncmec")
+        with store.environment.read() as transaction:
+            events = read_events(store.environment, transaction, 0.0)
+
+    assert [(e.change, e.list, e.hashes) for e in events] == [
+        ("promote", "ncmec", live[1].tobytes())
+    ]
+
+
+def test_retired_staged_list_leaves_no_tombstones(data_dir: Path) -> None:
+    live = random_hashes(2, seed=18)
+    with HashStore.open(data_dir, create=True) as store:
+        store.import_entries("ncmec", [md5_entries(live, "A1")], record_ids=_ids(live))
+        store.import_entries(
+            "page", [], staged=True, withdrawals=Withdrawals(record_ids=("0",))
+        )
+        store.retire_list("page")
+        store.import_entries("page", [md5_entries(random_hashes(1))], staged=True)
+        store.promote("page", into="ncmec")
+
+        assert sorted(_hits(store, live)) == [0, 1]
+
+
 VICS_2_CONTEXT = "http://github.com/ICMEC/ProjectVic/DataModels/2.0.xml/$metadata#Media"
 
 
@@ -209,3 +323,58 @@ def test_real_formats_import_with_right_counts(tmp_path: Path) -> None:
     assert "sha1: 1 added" in _line_for(from_icse.stdout, "sha1")
     shown = json.loads(_cli("show", "--data", data, "icse").stdout)
     assert shown["by_algorithm"]["md5"] == {"baseline": 1, "non-baseline": 1}
+
+
+def test_ncmec_import_skips_entries_without_the_chosen_fingerprint(
+    tmp_path: Path,
+) -> None:
+    data = str(tmp_path / "data")
+    md5 = random_hashes(1, seed=19)[0].tobytes().hex()
+    sha1 = random_hashes(1, 20, seed=20)[0].tobytes().hex()
+    page = tmp_path / "page.xml"
+    page.write_text(
+        "<queryResult><images>"
+        + _ncmec_image("1", "A1", md5)
+        + "<image><id>2</id><fingerprints><pdna>AAAA</pdna></fingerprints></image>"
+        "</images><videos><video><id>3</id><fingerprints>"
+        f"<sha1>{sha1}</sha1></fingerprints></video></videos></queryResult>"
+    )
+
+    result = _cli(
+        "import", "--data", data, "--list", "ncmec", "--algorithm", "md5", str(page)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "md5: 1 added" in _line_for(result.stdout, "md5")
+    assert "skipped 2 entries without an md5 fingerprint" in result.stdout
+    assert "skipped 2 record(s) without an md5 fingerprint" in result.stderr
+
+
+def test_staged_command_shows_tombstones_and_promote_applies_them(
+    tmp_path: Path,
+) -> None:
+    data = str(tmp_path / "data")
+    md5 = [row.tobytes().hex() for row in random_hashes(3, seed=21)]
+    live, page = tmp_path / "live.xml", tmp_path / "page-2.xml"
+    live.write_text(
+        "<queryResult><images>"
+        + "".join(_ncmec_image(str(n), "A1", md5[n]) for n in range(2))
+        + "</images></queryResult>"
+    )
+    page.write_text(
+        "<queryResult><images>"
+        + _ncmec_image("2", "A1", md5[2])
+        + "<deletedImage><id>0</id></deletedImage>"
+        "</images></queryResult>"
+    )
+    _cli("import", "--data", data, "--list", "ncmec", str(live))
+    _cli("import", "--data", data, "--list", "page-2", "--staged", str(page))
+
+    shown = json.loads(_cli("staged", "--data", data, "page-2").stdout)
+    promoted = _cli("promote", "--data", data, "page-2", "--into", "ncmec")
+
+    assert shown["md5"]["staged"] == 1
+    assert shown["tombstones"] == {"record_ids": 1, "hashes": {}}
+    assert promoted.returncode == 0, promoted.stderr
+    with HashStore.open(data, readonly=True) as store:
+        assert sorted(_hits(store, random_hashes(3, seed=21))) == [1, 2]
