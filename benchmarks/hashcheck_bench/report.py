@@ -472,6 +472,17 @@ def _worker_row(label: str, use: MemoryUse) -> list[str]:
     ]
 
 
+def _delta_row(sized: SizeResults) -> str:
+    delta = sized.delta
+    if isinstance(delta, Skipped):
+        return delta.reason
+    return (
+        f"{delta.hashes:,} new hashes: import {delta.import_seconds:.2f} s; "
+        f"hitting on a running server {delta.live_seconds:.2f} s after the "
+        "import started (it polls for new generations every second)"
+    )
+
+
 def _startup_and_import(sized: SizeResults) -> str:
     rows = []
     cold = sized.cold_start_seconds
@@ -494,6 +505,7 @@ def _startup_and_import(sized: SizeResults) -> str:
                 f"{imported:.1f} s, {rate:.2f} M lines/s ({sized.import_how})",
             ]
         )
+    rows.append(["Daily delta (issue 5)", _delta_row(sized)])
     for name, seconds in sized.setup_seconds.items():
         rows.append([f"Peer setup: {name.replace('_', ' ')}", f"{seconds:.1f} s"])
     for key, label in sized.servers.items():

@@ -94,6 +94,8 @@ class SizeResults:
     import_seconds: float | Skipped = Skipped("not run")
     import_how: str = ""
     cold_start_seconds: list[float] | Skipped = Skipped("not run")
+    #: Issue 5: a delta of DELTA_HASHES new hashes under a running server.
+    delta: servers.DeltaTiming | Skipped = Skipped("not run")
     #: py-spy samples of one worker under streaming load, by "w1.b10000".
     profiles: dict[str, Profile | Skipped] = field(default_factory=dict)
     #: Seconds spent building each peer, for the record.
@@ -202,6 +204,8 @@ def _measure_size(
         for workers in config.worker_counts:
             _measure_server(sized, workers, store, pool, workload, plan, config)
         _measure_cold_start(sized, store, config, logs)
+        # Last: it adds a list to the store.
+        _measure_delta(sized, store, config, logs)
 
     sized.load_average["end"] = load_average()
     sized.others_cpu_cores["end"] = others_cpu_cores()
@@ -484,6 +488,20 @@ def _best_stream_rate(sized: SizeResults, key: str) -> float | None:
         if name.startswith(f"e2e.{key}.stream.") and isinstance(value, Throughput)
     ]
     return max(rates) if rates else None
+
+
+#: The daily delta of issue 5: this many new hashes on the table.
+DELTA_HASHES = 10_000
+
+
+def _measure_delta(
+    sized: SizeResults, store: Path, config: RunConfig, logs: Path
+) -> None:
+    rng = np.random.default_rng([config.seed, sized.size, 5])
+    delta = rng.integers(0, 256, size=(DELTA_HASHES, WIDTH), dtype=np.uint8)
+    sized.delta = _attempt(
+        sized, "delta", lambda: servers.measure_delta(store, delta.tobytes(), logs)
+    )
 
 
 def _measure_cold_start(

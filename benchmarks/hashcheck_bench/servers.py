@@ -33,6 +33,7 @@ __all__ = [
     "free_port",
     "hashcheck_server_command",
     "measure_cold_start",
+    "measure_delta",
     "run_import",
     "start_echo",
     "start_hashcheck_server",
@@ -90,7 +91,9 @@ def hashcheck_server_command() -> list[str]:
     return [found]
 
 
-def run_import(data: Path, hex_file: Path, log_path: Path) -> float:
+def run_import(
+    data: Path, hex_file: Path, log_path: Path, list_name: str = "bench"
+) -> float:
     """Seconds that `hashcheck-server import` of a hex file takes, start to exit."""
     command = [
         *hashcheck_server_command(),
@@ -100,7 +103,7 @@ def run_import(data: Path, hex_file: Path, log_path: Path) -> float:
         "--data",
         str(data),
         "--list",
-        "bench",
+        list_name,
         "--algorithm",
         "md5",
         str(hex_file),
@@ -293,6 +296,46 @@ def measure_cold_start(data: Path, log_dir: Path) -> float:
         return time.monotonic() - started
     finally:
         process.stop()
+
+
+@dataclass(frozen=True)
+class DeltaTiming:
+    """A daily delta imported beside the table while a server serves it."""
+
+    hashes: int
+    #: `hashcheck-server import` of the delta, start to exit.
+    import_seconds: float
+    #: From the import's start until the running server reports its hashes.
+    live_seconds: float
+
+
+def measure_delta(data: Path, delta: bytes, log_dir: Path) -> DeltaTiming:
+    """Import `delta` (packed MD5 hashes) as a new list under a running server.
+
+    The store changes: measure this after everything that reads it.
+    """
+    hex_file = log_dir / "delta.txt"
+    hex_file.write_text(
+        "".join(f"{delta[i : i + 16].hex()}\n" for i in range(0, len(delta), 16))
+    )
+    probe = hashcheck_pb2.CheckRequest(
+        algorithm=hashcheck_pb2.ALGORITHM_MD5, hashes=delta[: 16 * _PROBE_HASHES]
+    )
+    handle = _start_serve(data, 1, log_dir, with_option=False)
+    try:
+        with grpc.insecure_channel(handle.target) as channel:
+            stub = hashcheck_pb2_grpc.HashCheckStub(channel)
+            started = time.monotonic()
+            imported = run_import(data, hex_file, log_dir / "delta-import.log", "delta")
+            while len(stub.Check(probe, timeout=10.0).hit_positions) < _PROBE_HASHES:
+                if time.monotonic() - started > _READY_TIMEOUT_SECONDS:
+                    raise BenchError("the delta's hashes never hit on the server")
+                time.sleep(0.01)
+            live = time.monotonic() - started
+    finally:
+        handle.stop()
+        hex_file.unlink(missing_ok=True)
+    return DeltaTiming(len(delta) // 16, imported, live)
 
 
 def _wait_for_port(process: Spawned, port: int, deadline: float) -> None:

@@ -62,6 +62,7 @@ def check_targets(results: RunResults) -> tuple[SizeResults | None, list[Verdict
         _disk(sized),
         _cold_start(sized),
         _import(sized),
+        _delta(sized),
     ]
     if 100_000_000 in by_size and TARGET_SIZE in by_size:
         verdicts += _scaling(by_size[TARGET_SIZE], by_size[100_000_000])
@@ -215,6 +216,17 @@ def _import(sized: SizeResults) -> Verdict:
         f"Import of {sized.size / 1e6:g}M hex lines < 30 s", value, 30.0, " s"
     )
     return verdict
+
+
+def _delta(sized: SizeResults) -> Verdict:
+    delta = sized.delta
+    value = None if isinstance(delta, Skipped) else delta.live_seconds
+    return _at_most(
+        "(issue 5) A delta of 10,000 hashes hits on a running server < 5 s",
+        value,
+        5.0,
+        " s",
+    )
 
 
 def _scaling(at_20m: SizeResults, at_100m: SizeResults) -> list[Verdict]:
