@@ -1,21 +1,27 @@
 """Access control: who may call, checked before any lookup runs.
 
 Every call to hashcheck.v1.HashCheck passes `AccessInterceptor`; the
-standard health and reflection services pass untouched, so probes and
-`grpcurl list` work without a key. For a HashCheck call the interceptor
-hands grpcio a handler that takes the raw request bytes and, in order:
+standard health and reflection services pass without a key, so probes and
+`grpcurl list` work. For a HashCheck call the interceptor hands grpcio a
+handler that takes the raw request bytes and, in order:
 
 1. authenticates: the `authorization: Bearer <key>` metadata (and, over
    mutual TLS, the client certificate's names) against the current
    `TenantSnapshot`: none, unknown, expired or malformed -> UNAUTHENTICATED;
 2. authorizes: a disabled tenant -> PERMISSION_DENIED;
-3. for a stream, takes one of the tenant's stream slots -> RESOURCE_EXHAUSTED;
+3. for a stream, takes one of the tenant's stream slots, then one of the
+   process's (`OpenStreams`) -> RESOURCE_EXHAUSTED;
 4. decodes the request(s) itself, so that bytes that are no CheckRequest
    get INVALID_ARGUMENT rather than grpcio's generic error, and only after
    the key was accepted;
 5. runs the servicer inside a context whose `current_caller()` is the
    tenant (hashcheck_server.caller). The servicer applies the tenant's
    largest batch, its rate, and its lists and categories.
+
+Every open stream holds a handler thread, so the process's stream slots are
+taken by the reflection service's streams too (they need no key, which makes
+them the cheapest way to hold threads); health's Watch does not hold a
+thread, and unary calls hold one only while they are answered.
 
 Refusals become status codes in hashcheck_server.servicer, like every other
 error. Their messages are the same for every unknown key, so that a caller
@@ -61,7 +67,7 @@ from hashcheck_server.errors import (
     UnsafeListen,
 )
 from hashcheck_server.follow import SnapshotFollower
-from hashcheck_server.limits import StreamSlots, TokenBuckets
+from hashcheck_server.limits import OpenStreams, StreamSlots, TokenBuckets
 from hashcheck_server.metrics import ServerMetrics
 from hashcheck_server.refusals import RefusalRecorder
 from hashcheck_server.servicer import abort_with, status_for
@@ -195,12 +201,19 @@ class TenantDirectory:
 class AccessInterceptor(_ServerInterceptor):
     """Admits HashCheck calls by key; see the module docstring for the order."""
 
-    def __init__(self, directory: TenantDirectory, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        directory: TenantDirectory,
+        metrics: ServerMetrics,
+        open_streams: OpenStreams,
+    ) -> None:
         self._directory = directory
         self._metrics = metrics
         self._refusals = RefusalRecorder(metrics)
         self._buckets = TokenBuckets()
+        #: Each tenant's open streams, and all of this process's.
         self.streams = StreamSlots()
+        self.open_streams = open_streams
 
     def intercept_service(
         self,
@@ -211,7 +224,11 @@ class AccessInterceptor(_ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method_path: str = handler_call_details.method
-        if handler is None or not method_path.startswith(_GUARDED_PREFIX):
+        if handler is None:
+            return None
+        if not method_path.startswith(_GUARDED_PREFIX):
+            if handler.stream_stream is not None:
+                return self._cap_stream(method_path.rsplit("/", 1)[-1], handler)
             return handler
         method = method_path.removeprefix(_GUARDED_PREFIX)
         if handler.unary_unary is not None:
@@ -288,21 +305,53 @@ class AccessInterceptor(_ServerInterceptor):
             raw_requests: Iterable[bytes], context: grpc.ServicerContext
         ) -> Iterator[Any]:
             caller = self.admit(method, context)
-            tenant = caller.tenant
-            if tenant is not None:
-                try:
-                    self.streams.acquire(tenant)
-                except OverLimit as error:
-                    self._refuse(method, context, error)
-            try:
+            with contextlib.ExitStack() as slots:
+                self._hold_stream_slots(method, context, caller, slots)
                 yield from _run_stream(caller, behavior, raw_requests, decode, context)
-            finally:
-                if tenant is not None:
-                    self.streams.release(tenant)
 
         return grpc.stream_stream_rpc_method_handler(
             guarded, response_serializer=handler.response_serializer
         )
+
+    def _cap_stream(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A stream of another service (reflection), held to the process's slots."""
+        behavior = handler.stream_stream
+        assert behavior is not None
+
+        def capped(
+            requests: Iterator[Any], context: grpc.ServicerContext
+        ) -> Iterator[Any]:
+            with contextlib.ExitStack() as slots:
+                self._hold_stream_slots(method, context, None, slots)
+                yield from behavior(requests, context)
+
+        return grpc.stream_stream_rpc_method_handler(
+            capped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _hold_stream_slots(
+        self,
+        method: str,
+        context: grpc.ServicerContext,
+        caller: Caller | None,
+        slots: contextlib.ExitStack,
+    ) -> None:
+        """Take the tenant's stream slot and the process's, or refuse the call.
+
+        The tenant's first, so that a tenant over its own limit is told so;
+        `slots` gives back whatever was taken when the stream ends.
+        """
+        tenant = caller.tenant if caller is not None else None
+        try:
+            if tenant is not None:
+                slots.enter_context(self.streams.slot(tenant))
+            slots.enter_context(self.open_streams.slot())
+        except OverLimit as error:
+            self._refuse(method, context, error)
 
 
 class AccessControl:
@@ -314,11 +363,12 @@ class AccessControl:
         directory: TenantDirectory,
         audit: AuditLog,
         metrics: ServerMetrics,
+        open_streams: OpenStreams,
     ) -> None:
         self.config = config
         self.directory = directory
         self.audit = audit
-        self.interceptor = AccessInterceptor(directory, metrics)
+        self.interceptor = AccessInterceptor(directory, metrics, open_streams)
         self._pruner: AuditPruner | None = None
 
     @classmethod
@@ -332,6 +382,7 @@ class AccessControl:
         keeper: GenerationKeeper,
         metrics: ServerMetrics,
         reload_interval_seconds: float,
+        max_open_streams: int,
     ) -> AccessControl:
         """Read the tenants, refuse an unsafe address, open the audit, start polls.
 
@@ -362,13 +413,15 @@ class AccessControl:
         audit = AuditLog.open(
             config.audit_dir or data / "audit", backlog=metrics.audit_backlog
         )
-        access = cls(config, directory, audit, metrics)
+        access = cls(config, directory, audit, metrics, OpenStreams(max_open_streams))
         logger.info(
-            "access: %d tenants (%s), transport %s, audit in %s",
+            "access: %d tenants (%s), transport %s, audit in %s, at most %d "
+            "streams open",
             len(directory.snapshot.tenants),
             "keys required" if directory.snapshot.requires_keys else "open",
             _transport_name(config.tls),
             audit.path,
+            max_open_streams,
         )
         directory.start_watching(reload_interval_seconds)
         if config.audit_retention_days:

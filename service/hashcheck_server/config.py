@@ -21,6 +21,7 @@ key in the file, its type and its default all follow from that entry.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import tomllib
@@ -33,6 +34,7 @@ from hashcheck._version import __version__
 from hashcheck_server.access import access_config
 from hashcheck_server.errors import HashCheckError
 from hashcheck_server.floods import QuarantinePolicy
+from hashcheck_server.limits import open_stream_limit
 from hashcheck_server.server import ServerConfig
 from hashcheck_server.servicer import CheckPolicy
 
@@ -93,9 +95,23 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
         "serve the snapshot ROOT/current names, following it (instead of --data)",
     ),
     Setting("listen", str, "127.0.0.1:50051", "HOST:PORT"),
-    Setting("metrics_port", int, None, "serve Prometheus metrics here"),
+    Setting("metrics_port", int, None, "serve Prometheus metrics on this port"),
+    Setting(
+        "metrics_listen",
+        str,
+        "127.0.0.1",
+        "HOST of the metrics endpoint, apart from --listen's (its samples name "
+        "tenants and lists); 0.0.0.0 for a Prometheus on another machine",
+    ),
     Setting("workers", int, 1, "server processes sharing the port and table"),
     Setting("threads", int, 16, "gRPC handler threads"),
+    Setting(
+        "max_open_streams",
+        int,
+        None,
+        "streams open at once per process, for all callers together (default: "
+        "--threads less max(2, threads/4), kept for unary calls and health)",
+    ),
     Setting("max_batch", int, 1_000_000, "hashes a request"),
     Setting("reload_interval", float, 1.0, "seconds between generation polls"),
     Setting("grace", float, 10.0, "drain time on SIGTERM"),
@@ -357,7 +373,9 @@ def server_config(effective: EffectiveConfig) -> ServerConfig:
         follow=follow,
         listen=effective["listen"],
         metrics_port=effective["metrics_port"],
+        metrics_listen=_metrics_host(effective["metrics_listen"]),
         threads=effective["threads"],
+        max_open_streams=_max_open_streams(effective),
         reload_interval_seconds=effective["reload_interval"],
         grace_seconds=effective["grace"],
         drain_delay_seconds=effective["drain_delay"],
@@ -378,6 +396,33 @@ def server_config(effective: EffectiveConfig) -> ServerConfig:
         signing_key_file=effective["signing_key"],
         quarantine=_quarantine_policy(effective),
     )
+
+
+def _metrics_host(given: str) -> str:
+    """The metrics endpoint's host: a name or an address, without a port."""
+    host = given.strip()
+    unbracketed = host.removeprefix("[").removesuffix("]")
+    if ":" in unbracketed:
+        try:
+            ipaddress.IPv6Address(unbracketed)
+        except ValueError:
+            raise ConfigError(
+                f"--metrics-listen={given!r}: give the host alone (127.0.0.1, "
+                "0.0.0.0, ::); the port is --metrics-port."
+            ) from None
+    if not unbracketed:
+        raise ConfigError("--metrics-listen is empty; give a host such as 127.0.0.1.")
+    return unbracketed
+
+
+def _max_open_streams(effective: EffectiveConfig) -> int | None:
+    """The explicit stream cap, checked against the handler threads."""
+    requested: int | None = effective["max_open_streams"]
+    try:
+        open_stream_limit(effective["threads"], requested)
+    except ValueError as error:
+        raise ConfigError(f"--threads / --max-open-streams: {error}") from None
+    return requested
 
 
 def _quarantine_policy(effective: EffectiveConfig) -> QuarantinePolicy:

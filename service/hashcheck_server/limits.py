@@ -1,6 +1,6 @@
-"""Per-tenant limits inside one server process: a rate of hashes, open streams.
+"""Limits inside one server process: tenants' rates and streams, and all streams.
 
-Both are kept per process. `serve --workers N` runs N processes and the
+All are kept per process. `serve --workers N` runs N processes and the
 kernel spreads connections over them, so a tenant can reach up to N times its
 rate and hold up to N times its streams machine-wide; operators who run
 workers set the limits divided by N. Sharing the buckets between processes
@@ -14,18 +14,88 @@ so any batch within the tenant's largest batch can be sent, and the rate
 holds on average. A refused batch takes nothing and is told when enough
 tokens will be there. Every request costs at least one token, so a flood of
 empty batches is limited too.
+
+Tokens measure the server's work, not the count of hashes: `tokens_for`
+charges an exact hash (MD5, SHA-1, SHA-256) one token and a PDQ hash
+`PDQ_TOKEN_WEIGHT` (1,000). An exact hash is one probe of a sorted table; a
+PDQ hash is a near-duplicate search that probes 272 index buckets and
+verifies every candidate in them, some 400 hashes a second at 20 million
+known against millions of exact hashes (benchmarks/pdq/RESULTS.md). Charged
+one token each, PDQ hashes would let a tenant take a thousand times the
+share of the server that its rate was meant to grant. The weight also slows
+down a tenant who probes a listed PDQ hash bit by bit through the exact
+distances of near matches (docs/security.md).
+
+Apart from tenants, `OpenStreams` caps the streams the whole process holds
+open. Each open stream holds one of the gRPC server's handler threads for
+its whole life, idle or not, so without a cap 16 open streams (the default
+threads; four tenants at their default of four streams each, or anyone on a
+server without tenants) would leave Check, GetInfo and the health probes
+queued behind them forever. `open_stream_limit` keeps a reserve of threads
+from streams for those calls; like the threads, the cap is per process.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from hashcheck._algorithms import Algorithm
 from hashcheck_server.errors import OverLimit
 from hashcheck_server.tenants import Tenant
 
-__all__ = ["StreamSlots", "TokenBucket", "TokenBuckets"]
+__all__ = [
+    "PDQ_TOKEN_WEIGHT",
+    "OpenStreams",
+    "StreamSlots",
+    "TokenBucket",
+    "TokenBuckets",
+    "open_stream_limit",
+    "tokens_for",
+]
+
+#: Tokens a PDQ hash takes from a tenant's bucket; an exact hash takes one.
+#: A near-duplicate search costs roughly a thousand exact lookups (the module
+#: docstring says why it is weighted at all).
+PDQ_TOKEN_WEIGHT = 1_000
+
+_TOKEN_WEIGHTS = {Algorithm.PDQ: PDQ_TOKEN_WEIGHT}
+
+#: Handler threads that streams never take, so that unary calls and health
+#: probes are answered while the most streams are open: a quarter of the
+#: threads, and never fewer than this.
+_MIN_RESERVED_THREADS = 2
+
+
+def tokens_for(algorithm: Algorithm, count: int) -> int:
+    """The tokens `count` hashes of `algorithm` take from a tenant's bucket."""
+    return count * _TOKEN_WEIGHTS.get(algorithm, 1)
+
+
+def open_stream_limit(threads: int, requested: int | None = None) -> int:
+    """The most streams a process with `threads` handler threads may hold open.
+
+    `requested` None: the threads less a reserve of a quarter of them (at
+    least two), and at least one stream. Raises ValueError when `requested`,
+    or the threads, would leave no thread for unary calls and health.
+    """
+    if threads < 2:
+        raise ValueError(
+            f"{threads} handler thread(s) cannot serve a stream and a health "
+            "probe at once; give at least 2 threads."
+        )
+    if requested is None:
+        reserve = max(_MIN_RESERVED_THREADS, threads // 4)
+        return max(threads - reserve, 1)
+    if not 1 <= requested < threads:
+        raise ValueError(
+            f"{requested} open streams on {threads} handler threads: allow from "
+            f"1 to {threads - 1}, so that unary calls and health probes still "
+            "find a free thread."
+        )
+    return requested
 
 
 class TokenBucket:
@@ -33,6 +103,7 @@ class TokenBucket:
 
     bucket = TokenBucket(hashes_per_second=1000, burst_hashes=1000)
     bucket.take(200)  # raises OverLimit with a retry delay when empty
+    bucket.charge(Algorithm.PDQ, 2)  # 2,000 tokens: see tokens_for
     """
 
     def __init__(
@@ -47,6 +118,20 @@ class TokenBucket:
         self._tokens = self.burst_hashes
         self._updated = clock()
         self._lock = threading.Lock()
+
+    def charge(self, algorithm: Algorithm, count: int) -> None:
+        """Take the tokens of `count` hashes of `algorithm` (see `tokens_for`)."""
+        try:
+            self.take(tokens_for(algorithm, count))
+        except OverLimit as error:
+            if algorithm not in _TOKEN_WEIGHTS:
+                raise
+            weight = _TOKEN_WEIGHTS[algorithm]
+            raise OverLimit(
+                f"{error} A {algorithm.value} hash counts as {weight:,} hashes "
+                "against this rate, for the search it costs.",
+                retry_after_seconds=error.retry_after_seconds,
+            ) from None
 
     def take(self, hashes: int) -> None:
         """Take `hashes` tokens, or raise OverLimit saying when they will be there."""
@@ -118,3 +203,47 @@ class StreamSlots:
     def release(self, tenant: Tenant) -> None:
         with self._lock:
             self._open[tenant.name] -= 1
+
+    @contextmanager
+    def slot(self, tenant: Tenant) -> Iterator[None]:
+        """Hold one of the tenant's stream slots for the block (see `acquire`)."""
+        self.acquire(tenant)
+        try:
+            yield
+        finally:
+            self.release(tenant)
+
+
+class OpenStreams:
+    """Streams open in this process, for every caller together, up to a limit.
+
+    streams = OpenStreams(open_stream_limit(threads=16))  # 12
+    with streams.slot():  # raises OverLimit when 12 are open
+        ...
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open = 0
+        self._lock = threading.Lock()
+
+    @property
+    def open_count(self) -> int:
+        with self._lock:
+            return self._open
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the process's stream slots for the block, or raise OverLimit."""
+        with self._lock:
+            if self._open >= self.limit:
+                raise OverLimit(
+                    f"This server holds {self.limit} open streams, its most; "
+                    "retry the stream later, or send the batches with Check."
+                )
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +38,7 @@ from hashcheck_server.errors import NotReady
 from hashcheck_server.floods import QuarantineGuard, QuarantineMetrics, QuarantinePolicy
 from hashcheck_server.follow import SnapshotFollower
 from hashcheck_server.generation import Generation
+from hashcheck_server.limits import open_stream_limit
 from hashcheck_server.metrics import ServerMetrics
 from hashcheck_server.servicer import SERVED_ALGORITHMS, CheckPolicy, HashCheckServicer
 from hashcheck_server.serving import GenerationKeeper
@@ -64,7 +66,14 @@ class ServerConfig:
     data: Path
     listen: str = "127.0.0.1:50051"
     metrics_port: int | None = None
+    #: The metrics endpoint's host, apart from `listen`'s: its samples name
+    #: tenants, lists and table sizes, which GetInfo shows only to operators.
+    metrics_listen: str = "127.0.0.1"
     threads: int = 16
+    #: Streams open at once in this process, for every caller together; None:
+    #: the threads less a reserve for unary calls and health
+    #: (hashcheck_server.limits.open_stream_limit).
+    max_open_streams: int | None = None
     reload_interval_seconds: float = 1.0
     grace_seconds: float = 10.0
     #: Let other processes bind the same port (the workers of one machine).
@@ -99,6 +108,7 @@ class RunningServer:
         drain_delay_seconds: float = 0.0,
         access: AccessControl | None = None,
         quarantine: QuarantineGuard | None = None,
+        metrics_endpoint: WSGIServer | None = None,
     ) -> None:
         self.port = port
         self.registry = registry
@@ -114,6 +124,7 @@ class RunningServer:
         self._environment = environment
         self._health = health_servicer
         self._quarantine = quarantine
+        self._metrics_endpoint = metrics_endpoint
         # Held for a whole drain: signals often come in twos (a terminal's
         # Ctrl-C reaches every process of its group, then a wrapper script
         # adds SIGTERM), each starts a drain, and only the first may close
@@ -151,6 +162,9 @@ class RunningServer:
             self.access.close()
         if self._environment is not None:
             self._environment.close()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.shutdown()
+            self._metrics_endpoint.server_close()
         logger.info("stopped")
 
 
@@ -202,16 +216,13 @@ def start_server(
 
     _map_first_generation(config, keeper)
     keeper.start_watching(config.reload_interval_seconds)
-    if config.metrics_port is not None:
-        start_http_server(
-            config.metrics_port, addr=_host_of(config.listen), registry=registry
-        )
+    metrics_endpoint = _start_metrics_endpoint(config, registry)
     logger.info(
         "listening on %s (port %d), data %s, metrics %s",
         config.listen,
         port,
         config.data,
-        config.metrics_port or "off",
+        _metrics_address(config) or "off",
     )
     return RunningServer(
         server,
@@ -223,7 +234,29 @@ def start_server(
         config.drain_delay_seconds,
         access,
         quarantine,
+        metrics_endpoint,
     )
+
+
+def _metrics_address(config: ServerConfig) -> str | None:
+    """HOST:PORT of the metrics endpoint, None when it is off."""
+    if config.metrics_port is None:
+        return None
+    host = config.metrics_listen
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{config.metrics_port}"
+
+
+def _start_metrics_endpoint(
+    config: ServerConfig, registry: CollectorRegistry
+) -> WSGIServer | None:
+    """Serve the metrics on their own host, not on the gRPC listener's."""
+    if config.metrics_port is None:
+        return None
+    endpoint, _ = start_http_server(
+        config.metrics_port, addr=config.metrics_listen, registry=registry
+    )
+    return endpoint
 
 
 def serve_until_signalled(config: ServerConfig) -> None:
@@ -257,6 +290,7 @@ def _start_access(
             keeper=keeper,
             metrics=metrics,
             reload_interval_seconds=config.reload_interval_seconds,
+            max_open_streams=open_stream_limit(config.threads, config.max_open_streams),
         )
     except BaseException:
         if environment is not None:
@@ -342,8 +376,3 @@ def _record_switch(
     quarantine_metrics.record_switch(generation)
     # Ignored once draining: the health servicer keeps NOT_SERVING then.
     _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-
-
-def _host_of(listen: str) -> str:
-    host = listen.rsplit(":", 1)[0]
-    return host.strip("[]") or "0.0.0.0"

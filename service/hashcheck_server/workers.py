@@ -15,7 +15,7 @@ supervisor drains every worker.
 
 Metrics: prometheus_client's multi-process mode. Each worker writes its
 samples to files in a private directory; the supervisor serves the sum on
-the metrics port (hashcheck_server.metrics.MultiProcessMetrics).
+the metrics host and port (hashcheck_server.metrics.MultiProcessMetrics).
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def _start_metrics(config: ServerConfig, metrics_directory: str) -> None:
 
     registry = CollectorRegistry()
     registry.register(MultiProcessMetrics(metrics_directory))
-    host = config.listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
-    start_http_server(config.metrics_port, addr=host, registry=registry)
+    start_http_server(
+        config.metrics_port, addr=config.metrics_listen, registry=registry
+    )
 
 
 def _start_worker(

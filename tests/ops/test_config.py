@@ -169,3 +169,41 @@ def test_bad_setting_exits_2_with_one_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "HASHCHECK_WORKERS='two'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_metrics_listen_defaults_to_loopback_whatever_listen_says() -> None:
+    default = server_config(_resolve(["--data", "/d", "--listen", "0.0.0.0:50051"]))
+    from_env = server_config(
+        _resolve(["--data", "/d"], {"HASHCHECK_METRICS_LISTEN": "[::]"})
+    )
+
+    assert default.metrics_listen == "127.0.0.1"
+    assert from_env.metrics_listen == "::"
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["0.0.0.0:9090", "localhost:9090", " "],
+    ids=["ip-port", "name-port", "empty"],
+)
+def test_metrics_listen_with_a_port_or_nothing_is_refused(host: str) -> None:
+    with pytest.raises(ConfigError, match="--metrics-listen"):
+        server_config(_resolve(["--data", "/d", "--metrics-listen", host]))
+
+
+def test_max_open_streams_must_leave_a_thread_for_unary_calls() -> None:
+    derived = server_config(_resolve(["--data", "/d", "--threads", "8"]))
+    given = server_config(
+        _resolve(
+            ["--data", "/d"],
+            {"HASHCHECK_MAX_OPEN_STREAMS": "7", "HASHCHECK_THREADS": "8"},
+        )
+    )
+
+    assert derived.max_open_streams is None and given.max_open_streams == 7
+    with pytest.raises(ConfigError, match="--max-open-streams: 8 open streams"):
+        server_config(
+            _resolve(["--data", "/d", "--threads", "8", "--max-open-streams", "8"])
+        )
+    with pytest.raises(ConfigError, match="at least 2 threads"):
+        server_config(_resolve(["--data", "/d", "--threads", "1"]))

@@ -6,6 +6,7 @@ import logging
 import shutil
 import subprocess
 import time
+import urllib.error
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
+from hashcheck_server.access import AccessConfig
 from hashcheck_server.server import ServerConfig, start_server
 from hashcheck_server.snapshot import publish_snapshot
 from hashcheck_server.store import HashStore
@@ -185,3 +187,56 @@ def test_two_following_workers_show_one_digest_after_a_switch(
     # Once both workers have switched, the old digest is gone: one series.
     wait_for(lambda: info_series() == expected, timeout=20)
     assert sample_value(metrics_text(metrics_port), "hashcheck_generation") == 2
+
+
+def _is_served(port: int, host: str) -> bool:
+    try:
+        metrics_text(port, host)
+    except urllib.error.URLError:
+        return False
+    return True
+
+
+def test_metrics_stay_on_loopback_when_grpc_listens_on_every_address(
+    tmp_path: Path,
+) -> None:
+    build_store(tmp_path / "data", 10)
+    metrics_port = free_port()
+    config = ServerConfig(
+        data=tmp_path / "data",
+        listen="0.0.0.0:0",
+        metrics_port=metrics_port,
+        access=AccessConfig(insecure_no_auth=True),
+    )
+    running = start_server(config, CollectorRegistry())
+    try:
+        on_loopback = _is_served(metrics_port, "127.0.0.1")
+        # Another address of this machine: reached if bound to 0.0.0.0.
+        elsewhere = _is_served(metrics_port, "127.0.0.2")
+    finally:
+        running.stop(grace_seconds=0.5)
+
+    assert on_loopback and not elsewhere
+    assert not _is_served(metrics_port, "127.0.0.1")  # closed with the server
+
+
+def test_metrics_listen_moves_the_endpoint_apart_from_the_grpc_host(
+    tmp_path: Path,
+) -> None:
+    build_store(tmp_path / "data", 10)
+    metrics_port = free_port("127.0.0.2")
+    config = ServerConfig(
+        data=tmp_path / "data",
+        listen="127.0.0.1:0",
+        metrics_port=metrics_port,
+        metrics_listen="127.0.0.2",
+    )
+    running = start_server(config, CollectorRegistry())
+    try:
+        text = metrics_text(metrics_port, "127.0.0.2")
+        on_grpc_host = _is_served(metrics_port, "127.0.0.1")
+    finally:
+        running.stop(grace_seconds=0.5)
+
+    assert sample_value(text, "hashcheck_generation") == 1
+    assert not on_grpc_host

@@ -64,6 +64,8 @@ def _start_three(
             str(data),
             "--metrics-port",
             str(metrics_port),
+            "--metrics-listen",
+            host,
             host=host,
             port=port,
         )

@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from hashcheck._algorithms import Algorithm
 from hashcheck_server import layout, tenants
 from hashcheck_server.cli import main as server_main
 from hashcheck_server.errors import OverLimit
-from hashcheck_server.limits import StreamSlots, TokenBucket
+from hashcheck_server.limits import (
+    PDQ_TOKEN_WEIGHT,
+    OpenStreams,
+    StreamSlots,
+    TokenBucket,
+    open_stream_limit,
+    tokens_for,
+)
 from hashcheck_server.tenants import Limits, Tenant, TenantRegistry, TenantSnapshot
 
 SERVER_CLI = str(Path(sys.executable).parent / "hashcheck-server")
@@ -252,6 +260,60 @@ def test_stream_slots_hold_up_to_the_limit() -> None:
     slots.acquire(tenant)
 
     assert slots.open_count("small") == 2
+
+
+def test_tokens_for_weights_pdq_hashes_by_their_search() -> None:
+    assert tokens_for(Algorithm.MD5, 10) == 10
+    assert tokens_for(Algorithm.SHA256, 10) == 10
+    assert tokens_for(Algorithm.PDQ, 10) == 10 * PDQ_TOKEN_WEIGHT
+    assert PDQ_TOKEN_WEIGHT == 1_000
+
+
+def test_token_bucket_charge_refuses_pdq_saying_what_a_hash_counts() -> None:
+    bucket = TokenBucket(hashes_per_second=2_000, burst_hashes=2_000, clock=_Clock())
+
+    bucket.charge(Algorithm.MD5, 1_000)
+    with pytest.raises(OverLimit) as limited:
+        bucket.charge(Algorithm.PDQ, 2)
+
+    assert "A pdq hash counts as 1,000 hashes" in str(limited.value)
+    assert limited.value.retry_after_seconds == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("threads", "streams"),
+    [(2, 1), (3, 1), (4, 2), (16, 12), (64, 48)],
+    ids=["2-threads", "3-threads", "4-threads", "16-threads", "64-threads"],
+)
+def test_open_stream_limit_keeps_a_reserve_of_threads(
+    threads: int, streams: int
+) -> None:
+    assert open_stream_limit(threads) == streams
+    assert open_stream_limit(threads, threads - 1) == threads - 1
+
+
+@pytest.mark.parametrize(
+    ("threads", "requested"),
+    [(1, None), (16, 16), (16, 0)],
+    ids=["one-thread", "all-threads", "no-stream"],
+)
+def test_open_stream_limit_refuses_a_cap_that_leaves_no_thread(
+    threads: int, requested: int | None
+) -> None:
+    with pytest.raises(ValueError, match="thread"):
+        open_stream_limit(threads, requested)
+
+
+def test_open_streams_hold_up_to_the_limit_and_give_slots_back() -> None:
+    streams = OpenStreams(limit=2)
+
+    with streams.slot(), streams.slot():
+        with pytest.raises(OverLimit, match="holds 2 open streams"):
+            with streams.slot():
+                pass  # pragma: no cover
+        held = streams.open_count
+
+    assert held == 2 and streams.open_count == 0
 
 
 def test_snapshot_directory_tenants_are_read_without_its_lock(tmp_path: Path) -> None:
