@@ -1,15 +1,16 @@
 """`hashcheck-server tenant ...` and `hashcheck-server audit ...`: admitted companies.
 
     hashcheck-server tenant add --data DIR NAME [--lists L1,L2] [--categories C1,C2]
-        [--operator] [--max-batch N] [--rate N] [--burst N] [--max-streams N]
-        [--client-cert-name NAME]
+        [--allow-unknown-lists] [--operator] [--max-batch N] [--rate N] [--burst N]
+        [--max-streams N] [--client-cert-name NAME]
     hashcheck-server tenant list --data DIR [--json]
     hashcheck-server tenant show --data DIR NAME
     hashcheck-server tenant disable|enable --data DIR NAME
     hashcheck-server tenant rotate-key --data DIR NAME [--old-key-hours H|--revoke-old]
     hashcheck-server tenant set-limits --data DIR NAME [--lists ... | --all-lists]
-        [--categories ... | --all-categories] [--max-batch N] [--rate N]
-        [--burst N] [--max-streams N] [--operator | --no-operator]
+        [--categories ... | --all-categories] [--allow-unknown-lists]
+        [--max-batch N] [--rate N] [--burst N] [--max-streams N]
+        [--operator | --no-operator]
     hashcheck-server audit export --data DIR [--since ISO-TIME] [--tenant NAME]
     hashcheck-server audit prune --data DIR --older-than DAYS
 
@@ -19,6 +20,13 @@ object a line with `time`, `tenant`, `algorithm`, `hash`, `lists`, `matches`,
 `request_id`, `peer`, `generation` and `sequence`. For the numeric limits, 0
 means no limit of the tenant's own. Running servers see every change within
 their reload interval, without a restart.
+
+A tenant's scope is checked against the store, because a misspelt name would
+otherwise silently give the company no hits: `--lists` naming a list the
+store does not hold exits 2 with the known lists, unless
+`--allow-unknown-lists` says the list is still to be imported; a category
+that none of the tenant's lists grades, and an allow list (whose hashes never
+hit), are warned about on standard error.
 """
 
 from __future__ import annotations
@@ -26,16 +34,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from hashcheck._algorithms import Algorithm
 from hashcheck_server import layout
 from hashcheck_server.audit import AuditEntry, AuditLog
-from hashcheck_server.errors import HashCheckError
+from hashcheck_server.errors import HashCheckError, UnknownList
 from hashcheck_server.tenants import (
     DEFAULT_OLD_KEY_SECONDS,
     Limits,
@@ -88,6 +98,15 @@ def _limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _allow_unknown_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-unknown-lists",
+        action="store_true",
+        help="accept --lists names the store does not hold yet (lists to be "
+        "imported later)",
+    )
+
+
 def _add_tenant_add(actions: Commands) -> None:
     command = actions.add_parser("add", help="admit a tenant and print its key")
     _data_argument(command)
@@ -96,6 +115,7 @@ def _add_tenant_add(actions: Commands) -> None:
     command.add_argument(
         "--categories", type=_names, help="C1,C2 (default: every category)"
     )
+    _allow_unknown_argument(command)
     command.add_argument(
         "--operator", action="store_true", help="the hotline's own staff"
     )
@@ -105,7 +125,15 @@ def _add_tenant_add(actions: Commands) -> None:
 
 def _run_add(args: argparse.Namespace) -> int:
     limits = _changed_limits(Limits(), args)
-    with _registry(args.data, create=True) as registry:
+    with _environment(args.data, create=True) as environment:
+        _check_scope(
+            environment,
+            args.lists,
+            args.categories,
+            named_lists=args.lists or (),
+            allow_unknown=args.allow_unknown_lists,
+        )
+        registry = TenantRegistry(environment)
         tenant, key = registry.add(
             args.name,
             lists=args.lists,
@@ -214,6 +242,7 @@ def _add_set_limits(actions: Commands) -> None:
     categories.add_argument(
         "--all-categories", action="store_true", help="every category"
     )
+    _allow_unknown_argument(command)
     operator = command.add_mutually_exclusive_group()
     operator.add_argument("--operator", action="store_true", default=None)
     operator.add_argument("--no-operator", dest="operator", action="store_false")
@@ -222,13 +251,24 @@ def _add_set_limits(actions: Commands) -> None:
 
 
 def _run_set_limits(args: argparse.Namespace) -> int:
-    with _registry(args.data) as registry:
+    with _environment(args.data) as environment:
+        registry = TenantRegistry(environment)
         tenant = registry.get(args.name)
         changes: dict[str, Any] = {"limits": _changed_limits(tenant.limits, args)}
         if args.lists is not None or args.all_lists:
             changes["lists"] = args.lists
         if args.categories is not None or args.all_categories:
             changes["categories"] = args.categories
+        if "lists" in changes or "categories" in changes:
+            # The scope the tenant ends up with; only newly named lists
+            # must exist, so that other changes work after a retirement.
+            _check_scope(
+                environment,
+                changes.get("lists", tenant.lists),
+                changes.get("categories", tenant.categories),
+                named_lists=args.lists or (),
+                allow_unknown=args.allow_unknown_lists,
+            )
         if args.operator is not None:
             changes["operator"] = args.operator
         if args.client_cert_name is not None:
@@ -282,13 +322,104 @@ def _run_prune(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _registry(data: Path, *, create: bool = False) -> Iterator[TenantRegistry]:
-    """The data directory's tenant registry, closed at the end of the block."""
+def _environment(data: Path, *, create: bool = False) -> Iterator[layout.Environment]:
+    """The data directory, closed at the end of the block."""
     environment = layout.Environment(data, create=create)
     try:
-        yield TenantRegistry(environment)
+        yield environment
     finally:
         environment.close()
+
+
+@contextmanager
+def _registry(data: Path, *, create: bool = False) -> Iterator[TenantRegistry]:
+    """The data directory's tenant registry, closed at the end of the block."""
+    with _environment(data, create=create) as environment:
+        yield TenantRegistry(environment)
+
+
+@dataclass(frozen=True)
+class _StoredLists:
+    """The lists a data directory holds: their kinds and the categories graded."""
+
+    kinds: dict[str, str]
+    categories: dict[str, set[str]]
+
+    @classmethod
+    def read(cls, environment: layout.Environment) -> _StoredLists:
+        categories: dict[str, set[str]] = {}
+        with environment.read() as transaction:
+            records = layout.read_list_records(environment, transaction)
+            for algorithm in Algorithm:
+                # An empty membership is deleted, never stored, so each one
+                # read grades at least one hash.
+                for list_name, category, _ in layout.read_memberships(
+                    environment, transaction, algorithm
+                ):
+                    categories.setdefault(list_name, set()).add(category)
+        return cls({record.name: record.kind for record in records}, categories)
+
+    def graded_by(self, lists: tuple[str, ...] | None) -> set[str]:
+        """Every category that `lists` (None: every list) grade a hash."""
+        names = self.categories if lists is None else lists
+        return set().union(*(self.categories.get(name, set()) for name in names))
+
+
+def _check_scope(
+    environment: layout.Environment,
+    lists: tuple[str, ...] | None,
+    categories: tuple[str, ...] | None,
+    *,
+    named_lists: tuple[str, ...],
+    allow_unknown: bool,
+) -> None:
+    """Refuse unknown `named_lists`; warn of a scope that can give no hits.
+
+    `lists` and `categories` are the scope the tenant ends up with (None:
+    every one); `named_lists` are those this command names, which must exist.
+    """
+    stored = _StoredLists.read(environment)
+    _refuse_unknown_lists(stored, named_lists, allow_unknown)
+    allow_lists = [
+        name for name in lists or () if stored.kinds.get(name) == layout.ALLOW
+    ]
+    if allow_lists:
+        _warn(f"{_quoted(allow_lists)} is an allow list: its hashes never hit.")
+    graded = stored.graded_by(lists)
+    unused = [category for category in categories or () if category not in graded]
+    if unused:
+        _warn(
+            f"no list in the tenant's scope grades a hash {_quoted(unused)}, so "
+            "that category gives it no hits; graded: "
+            f"{_quoted(sorted(graded)) or 'nothing yet'}."
+        )
+
+
+def _refuse_unknown_lists(
+    stored: _StoredLists, named: tuple[str, ...], allow_unknown: bool
+) -> None:
+    unknown = [name for name in named if name not in stored.kinds]
+    if not unknown:
+        return
+    if not allow_unknown:
+        raise UnknownList(
+            f"The store holds no list named {_quoted(unknown)}; it holds "
+            f"{_quoted(sorted(stored.kinds)) or 'no list yet'}. Check the "
+            "spelling, or pass --allow-unknown-lists for a list to be imported "
+            "later."
+        )
+    _warn(
+        f"{_quoted(unknown)} not in the store yet: the tenant gets no hits "
+        "from it until it is imported."
+    )
+
+
+def _quoted(names: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def _warn(message: str) -> None:
+    print(f"hashcheck-server tenant: warning: {message}", file=sys.stderr)
 
 
 def _changed_limits(limits: Limits, args: argparse.Namespace) -> Limits:

@@ -23,6 +23,7 @@ from hashcheck_server.limits import (
     tokens_for,
 )
 from hashcheck_server.tenants import Limits, Tenant, TenantRegistry, TenantSnapshot
+from tenancy import build_store, make_list_hashes
 
 SERVER_CLI = str(Path(sys.executable).parent / "hashcheck-server")
 KEY_PATTERN = re.compile(r"hck_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
@@ -44,8 +45,15 @@ def environment(tmp_path: Path) -> layout.Environment:
     opened.close()
 
 
+def _store(tmp_path: Path) -> str:
+    """A data directory with `police` (A1, B2) and `hotline` (baseline)."""
+    data = tmp_path / "data"
+    build_store(data, make_list_hashes())
+    return str(data)
+
+
 def test_tenant_add_prints_key_alone_on_the_last_line(tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+    data = _store(tmp_path)
 
     added = _run(
         "tenant", "add", "--data", data, "acme",
@@ -55,6 +63,7 @@ def test_tenant_add_prints_key_alone_on_the_last_line(tmp_path: Path) -> None:
     listed = _run("tenant", "list", "--data", data, "--json")
 
     assert added.returncode == 0, added.stderr
+    assert "warning" not in added.stderr
     key = added.stdout.splitlines()[-1]
     assert KEY_PATTERN.fullmatch(key)
     record = json.loads(shown.stdout)
@@ -80,7 +89,7 @@ def _main(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str
 def test_tenant_commands_change_state(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = str(tmp_path / "data")
+    data = _store(tmp_path)
     _main(capsys, "tenant", "add", "--data", data, "acme")
 
     _, disabled, _ = _main(capsys, "tenant", "disable", "--data", data, "acme")
@@ -127,6 +136,69 @@ def test_tenant_command_errors_exit_2(
 
     assert status == 2
     assert error.startswith("hashcheck-server tenant: ")
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("tenant", "add", "beta", "--lists", "police,polise"),
+        ("tenant", "set-limits", "acme", "--lists", "polise"),
+    ],
+    ids=["add", "set-limits"],
+)
+def test_tenant_scope_with_an_unknown_list_exits_2_naming_the_known_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: tuple[str, ...]
+) -> None:
+    data = _store(tmp_path)
+    _main(capsys, "tenant", "add", "--data", data, "acme", "--lists", "police")
+
+    status, _, error = _main(capsys, *arguments[:2], "--data", data, *arguments[2:])
+    _, listed, _ = _main(capsys, "tenant", "list", "--data", data, "--json")
+
+    assert status == 2
+    assert error.startswith("hashcheck-server tenant: ")
+    assert "'polise'" in error and "'hotline', 'police'" in error
+    assert "--allow-unknown-lists" in error
+    # Nothing was changed: no tenant beta, and acme keeps its list.
+    records = [json.loads(line) for line in listed.splitlines()]
+    assert [(r["name"], r["lists"]) for r in records] == [("acme", ["police"])]
+
+
+def test_tenant_scope_with_allow_unknown_lists_is_kept_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path / "data")  # no list imported yet
+
+    added, _, warned = _main(
+        capsys, "tenant", "add", "--data", data, "acme",
+        "--lists", "police", "--allow-unknown-lists",
+    )  # fmt: skip
+    changed, _, error = _main(
+        capsys, "tenant", "set-limits", "--data", data, "acme", "--rate", "5"
+    )
+
+    assert added == 0 and changed == 0, error
+    assert "warning: 'police' not in the store yet" in warned
+    assert error == ""
+
+
+def test_tenant_categories_that_no_list_of_its_grades_are_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _store(tmp_path)
+
+    status, _, warned = _main(
+        capsys, "tenant", "add", "--data", data, "acme",
+        "--lists", "hotline", "--categories", "A1,baseline,Z9",
+    )  # fmt: skip
+    _, shown, _ = _main(capsys, "tenant", "show", "--data", data, "acme")
+
+    assert status == 0
+    # Log lines of the store may share standard error; the warning is one line.
+    (line,) = [line for line in warned.splitlines() if "warning:" in line]
+    assert line.startswith("hashcheck-server tenant: warning: ")
+    assert "'A1', 'Z9'" in line and "graded: 'baseline'" in line
+    assert json.loads(shown)["categories"] == ["A1", "baseline", "Z9"]
 
 
 def test_keys_are_random_and_only_their_digests_kept(
