@@ -1,12 +1,15 @@
 # HashCheck server image: `docker build -t hashcheck .`
 #
 #   docker run -v hashcheck-data:/data hashcheck import --data /data --list NAME /data/list.txt
-#   docker run -v hashcheck-data:/data -p 50051:50051 -p 9090:9090 hashcheck \
+#   docker run -v hashcheck-data:/data -p 50051:50051 hashcheck \
 #     serve --insecure-no-auth
 #
 # Settings come from flags, HASHCHECK_* variables or a TOML file named by
 # HASHCHECK_CONFIG (docs/operations.md). The image runs as an unprivileged
-# user and keeps its data in the /data volume.
+# user and keeps its data in the /data volume. Metrics are on port 9090 of
+# the container's loopback only: they name tenants and lists. For a
+# Prometheus outside, add -e HASHCHECK_METRICS_LISTEN=0.0.0.0 and publish
+# the port where only it can reach it (-p 127.0.0.1:9090:9090).
 
 FROM python:3.11-slim-bookworm AS build
 

@@ -110,6 +110,30 @@ def test_manifests_wire_replicas_to_snapshots_and_health() -> None:
     assert "[serve]" in config
 
 
+def test_manifests_keep_metrics_off_the_client_service() -> None:
+    resources = _resources()
+    pod = resources["Deployment/hashcheck"]["spec"]["template"]
+    (server,) = pod["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in server["ports"]}
+    config = resources["ConfigMap/hashcheck-config"]["data"]["hashcheck.toml"]
+    service = resources["Service/hashcheck"]["spec"]
+    policy = resources["NetworkPolicy/hashcheck"]["spec"]
+    metrics_rules = [
+        rule
+        for rule in policy["ingress"]
+        if any(port["port"] == "metrics" for port in rule["ports"])
+    ]
+
+    # The pod serves metrics on its own address, for Prometheus to scrape...
+    assert 'metrics_listen = "0.0.0.0"' in config and ports["metrics"] == 9090
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    # ...but clients' Service has the gRPC port only, and only Prometheus
+    # may reach the metrics port.
+    assert [port["targetPort"] for port in service["ports"]] == ["grpc"]
+    (metrics_rule,) = metrics_rules
+    assert metrics_rule["from"]
+
+
 def test_dashboard_shows_what_operators_watch() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     titles = " | ".join(panel["title"].lower() for panel in dashboard["panels"])
