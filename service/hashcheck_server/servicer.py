@@ -9,6 +9,7 @@ Mapping, for every method:
 - Forbidden (a disabled tenant): PERMISSION_DENIED;
 - OverLimit (the tenant's rate or streams): RESOURCE_EXHAUSTED, with the
   delay in a `retry-after-ms` trailer when one is known (the SDK waits it);
+  a stream over the rate is slowed to it instead (`_prepare_paced`);
 - AuditFailed (a hit could not be recorded): UNAVAILABLE, and no hit is
   reported unrecorded;
 - ReceiptsUnavailable (receipts asked of a server without a signing key):
@@ -201,7 +202,7 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         self._metrics.active_streams.inc()
         try:
             with self._call("CheckStream", context):
-                yield from self._answer_stream(iter(request_iterator))
+                yield from self._answer_stream(iter(request_iterator), context)
         finally:
             self._metrics.active_streams.dec()
 
@@ -283,15 +284,40 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         return self._deliver(self._prepare(request), method)
 
     def _answer_stream(
-        self, requests: Iterator[hashcheck_pb2.CheckRequest]
+        self,
+        requests: Iterator[hashcheck_pb2.CheckRequest],
+        context: grpc.ServicerContext,
     ) -> Iterator[hashcheck_pb2.CheckReply]:
         """Replies in request order; lookups run ahead while audits commit."""
+
+        def prepare(request: hashcheck_pb2.CheckRequest) -> _Answer:
+            return self._prepare_paced(request, context)
+
         read_ahead = ReadAhead(
-            requests, self._prepare, depth=_STREAM_READ_AHEAD, name="check-stream"
+            requests, prepare, depth=_STREAM_READ_AHEAD, name="check-stream"
         )
         with read_ahead as answers:
             for answer in answers:
                 yield self._deliver(answer, "CheckStream")
+
+    def _prepare_paced(
+        self, request: hashcheck_pb2.CheckRequest, context: grpc.ServicerContext
+    ) -> _Answer:
+        """A stream's request; over the tenant's rate, it waits for its tokens.
+
+        A unary call over the rate is refused with the delay, and the SDK
+        sends it again then. A stream cannot be resent from where it was, so
+        instead of ending it the server waits out the delay: the stream
+        slows to the tenant's rate, and the client's window of unanswered
+        batches holds its sender back meanwhile.
+        """
+        while True:
+            try:
+                return self._prepare(request)
+            except OverLimit as over:
+                delay = over.retry_after_seconds
+                if delay is None or not _waited_while_active(context, delay):
+                    raise
 
     def _prepare(self, request: hashcheck_pb2.CheckRequest) -> _Answer:
         """Validate, look up, hand the hits to the audit and build the reply."""
@@ -300,7 +326,7 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         algorithm = self._validate(request, caller)
         receipt_key = self._receipt_key(request)
         if caller is not None and caller.bucket is not None:
-            caller.bucket.take(len(request.hashes) // algorithm.width)
+            caller.bucket.charge(algorithm, len(request.hashes) // algorithm.width)
 
         with self._keeper.lease() as generation:
             hits = generation.check(
@@ -447,6 +473,20 @@ def _filter_of(caller: Caller | None) -> Callable[[ListMatch], bool] | None:
     if caller is None or caller.tenant is None or caller.tenant.sees_everything:
         return None
     return caller.tenant.allows
+
+
+#: Longest sleep of a paced stream between looks at whether its call ended.
+_PACE_POLL_SECONDS = 0.1
+
+
+def _waited_while_active(context: grpc.ServicerContext, seconds: float) -> bool:
+    """Sleep `seconds`; False as soon as the call is over (cancelled, timed out)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if not context.is_active():
+            return False
+        time.sleep(min(left, _PACE_POLL_SECONDS))
+    return context.is_active()
 
 
 def _reply(

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from hashcheck import Client, RateLimited
+from hashcheck import Client
 from hashcheck._cli import main as client_main
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server import layout
@@ -285,16 +285,59 @@ def test_sdk_waits_out_the_rate_limit(
     assert [len(result.hits) for result in results] == [5, 5, 5]
 
 
-def test_sdk_raises_rate_limited_on_a_stream(
-    secured: RunningServer, tenant_keys: dict[str, str]
+def test_a_pdq_hash_takes_a_thousand_tokens_of_the_rate(
+    secured_stub: hashcheck_pb2_grpc.HashCheckStub, tenant_keys: dict[str, str]
 ) -> None:
-    hashes = [bytes(16)] * 5_000
+    key = as_key(tenant_keys["quick"])  # 20,000 a second, a bucket of 1,000
 
+    def two_of(algorithm: int) -> hashcheck_pb2.CheckReply:
+        request = hashcheck_pb2.CheckRequest(algorithm=algorithm, hashes=bytes(64))
+        reply: hashcheck_pb2.CheckReply = secured_stub.Check(request, metadata=key)
+        return reply
+
+    exact = [two_of(MD5).checked for _ in range(2)]
+    first_pdq = two_of(hashcheck_pb2.ALGORITHM_PDQ).checked
+    with pytest.raises(grpc.RpcError) as refused:
+        two_of(hashcheck_pb2.ALGORITHM_PDQ)
+
+    assert exact == [4, 4] and first_pdq == 2
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "counts as 1,000 hashes" in str(refused.value.details())
+
+
+def test_a_stream_over_the_rate_is_slowed_not_ended(
+    secured: RunningServer, tenant_keys: dict[str, str], list_hashes: ListHashes
+) -> None:
+    listed = [row.tobytes() for row in list_hashes.hotline[:3]]
+    hashes = (listed + [bytes(16)] * 1_997) * 5  # 10,000 at 20,000 a second
+
+    started = time.monotonic()
     with Client(f"127.0.0.1:{secured.port}", api_key=tenant_keys["quick"]) as client:
-        with pytest.raises(RateLimited) as limited:
-            list(client.check_stream(hashes, algorithm="md5", batch_size=1_000))
+        results = list(client.check_stream(hashes, algorithm="md5", batch_size=1_000))
+    elapsed = time.monotonic() - started
 
-    assert limited.value.retry_after_seconds is not None
+    assert sum(result.checked for result in results) == 10_000
+    assert sum(len(result.hits) for result in results) == 15
+    # The bucket holds 1,000 tokens: the other 9,000 hashes wait for theirs.
+    assert elapsed >= 9_000 / 20_000 * 0.9
+
+
+def test_a_paced_stream_ends_when_its_client_goes(
+    secured: RunningServer,
+    secured_stub: hashcheck_pb2_grpc.HashCheckStub,
+    tenant_keys: dict[str, str],
+) -> None:
+    # Endless batches far over the rate: the server holds most of them back.
+    request = hashcheck_pb2.CheckRequest(algorithm=MD5, hashes=bytes(16) * 5_000)
+    replies = secured_stub.CheckStream(
+        _requests_until_cancelled(request), metadata=as_key(tenant_keys["quick"])
+    )
+    next(replies)
+    replies.cancel()
+
+    assert secured.access is not None
+    streams = secured.access.interceptor.streams
+    _wait_until(lambda: streams.open_count("quick") == 0)
 
 
 def test_stream_limit_is_resource_exhausted(
