@@ -32,6 +32,8 @@ Handing the entries over instead of committing in the caller's thread lets
 a stream look up its next batch while the last one's fsync runs (an fsync
 costs milliseconds here, as long as the lookup of 100,000 hashes), and
 keeps other processes the only ones to ever wait inside LMDB's writer mutex.
+A unary call, which waits at once, commits in its own thread instead when
+no commit is running (`submit(..., inline=True)`).
 
 Retention: `prune(cutoff)` deletes entries older than a time, in small
 transactions; servers prune on their own once an hour (`AuditPruner`), and
@@ -179,8 +181,18 @@ class AuditLog:
         """Append entries durably, or raise AuditFailed; see Durability above."""
         self.submit([(entry.time, entry.to_json()) for entry in entries]).wait()
 
-    def submit(self, records: Sequence[AuditRecord]) -> AuditTicket:
-        """Queue records for the writer; the ticket tells when they are durable."""
+    def submit(
+        self, records: Sequence[AuditRecord], *, inline: bool = False
+    ) -> AuditTicket:
+        """Hand records to the audit; the ticket tells when they are durable.
+
+        They are queued for the writer thread, so that the caller can go on
+        meanwhile (a stream looks up its next batches). With `inline`, for a
+        caller that will wait at once anyway, they are committed in the
+        caller's thread when no commit is running, which spares two thread
+        hand-overs (a few tenths of a millisecond of a unary call); when one
+        is running they queue as usual and share the next commit.
+        """
         ticket = AuditTicket(records)
         if not records:
             ticket.settle(None)
@@ -189,12 +201,21 @@ class AuditLog:
             if self._is_closing:
                 ticket.settle(StoreError(f"The audit log {self.path} is closed."))
                 return ticket
-            self._queue.append(ticket)
-            self._start_writer()
-            self._queue_changed.notify()
-        if self._backlog is not None:
-            self._backlog.inc(len(records))
+            self._count_backlog(len(records))
+            if not (inline and self._write_lock.acquire(blocking=False)):
+                self._queue.append(ticket)
+                self._start_writer()
+                self._queue_changed.notify()
+                return ticket
+        try:
+            self._write([ticket])
+        finally:
+            self._write_lock.release()
         return ticket
+
+    def _count_backlog(self, change: int) -> None:
+        if self._backlog is not None:
+            self._backlog.inc(change)
 
     def _start_writer(self) -> None:
         """Start the writer thread on the first submit (under _queue_changed)."""
@@ -216,10 +237,18 @@ class AuditLog:
             self._commit(group)
 
     def _commit(self, group: list[AuditTicket]) -> None:
-        """Write every queued entry in one transaction; settle each ticket."""
+        """Write a group of tickets, once no other thread of ours writes."""
+        with self._write_lock:
+            self._write(group)
+
+    def _write(self, group: list[AuditTicket]) -> None:
+        """Every record of the group in one transaction; settle each ticket.
+
+        The caller holds _write_lock.
+        """
         error: Exception | None = None
         try:
-            with self._write_lock, self._environment.begin(write=True) as txn:
+            with self._environment.begin(write=True) as txn:
                 for ticket in group:
                     for at, value in ticket.records:
                         txn.put(self._next_key(at), value, db=self._hits)
@@ -231,8 +260,7 @@ class AuditLog:
             error = failure
         for ticket in group:
             ticket.settle(error)
-            if self._backlog is not None:
-                self._backlog.dec(len(ticket.records))
+            self._count_backlog(-len(ticket.records))
 
     def entries(
         self, *, since: float | None = None, tenant: str | None = None
@@ -273,7 +301,9 @@ class AuditLog:
             writer = self._writer
         if writer is not None:
             writer.join()
-        self._environment.close()
+        # An inline commit may still be running in a caller's thread.
+        with self._write_lock:
+            self._environment.close()
 
     def _next_key(self, at: float) -> bytes:
         return _KEY.pack(_nanoseconds(at), self._pid, next(self._counter) & 0xFFFFFFFF)

@@ -281,7 +281,8 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
     def _answer(
         self, request: hashcheck_pb2.CheckRequest, method: str
     ) -> hashcheck_pb2.CheckReply:
-        return self._deliver(self._prepare(request), method)
+        # The reply waits for the audit at once: commit it in this thread.
+        return self._deliver(self._prepare(request, audit_inline=True), method)
 
     def _answer_stream(
         self,
@@ -319,7 +320,9 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
                 if delay is None or not _waited_while_active(context, delay):
                     raise
 
-    def _prepare(self, request: hashcheck_pb2.CheckRequest) -> _Answer:
+    def _prepare(
+        self, request: hashcheck_pb2.CheckRequest, *, audit_inline: bool = False
+    ) -> _Answer:
         """Validate, look up, hand the hits to the audit and build the reply."""
         started = time.perf_counter()
         caller = current_caller()
@@ -340,7 +343,8 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
             recorded = self._audit.submit(
                 records_for_hits(
                     caller, algorithm, request.hashes, hits, request.sequence
-                )
+                ),
+                inline=audit_inline,
             )
 
         reply = _reply(request, algorithm, hits)

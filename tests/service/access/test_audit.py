@@ -299,6 +299,24 @@ def test_records_for_hits_store_what_an_entry_stores(tenant: str) -> None:
     assert all(entry.time == at for entry, (at, _) in zip(stored, records, strict=True))
 
 
+def test_an_inline_submit_is_durable_when_it_returns(tmp_path: Path) -> None:
+    audit = AuditLog.open(tmp_path / "audit")
+    queued = [
+        audit.submit([(time.time(), _entry(0, f"q{n}").to_json())]) for n in range(50)
+    ]
+    inline = [
+        audit.submit([(time.time(), _entry(0, f"i{n}").to_json())], inline=True)
+        for n in range(50)
+    ]
+    for ticket in queued + inline:
+        ticket.wait()
+
+    stored = sorted(entry.hash for entry in audit.entries())
+    audit.close()
+
+    assert stored == sorted([f"q{n}" for n in range(50)] + [f"i{n}" for n in range(50)])
+
+
 def _entry(at: float, hash_hex: str) -> AuditEntry:
     return AuditEntry(
         time=at,
