@@ -382,11 +382,14 @@ def _profiles(sized: SizeResults) -> str:
     )
 
 
+_LATENCY_WHO = {"echo": "gRPC echo servicer, 1 process (the transport alone)"}
+
+
 def _latency_table(sized: SizeResults) -> str:
     rows = []
     for key, value in sized.latency.items():
         workers, state = key.split(".")
-        who = sized.servers.get(workers, workers)
+        who = sized.servers.get(workers, _LATENCY_WHO.get(workers, workers))
         if isinstance(value, Skipped):
             rows.append([who, state, "skipped", "", "", "", "", value.reason])
             continue
@@ -553,7 +556,10 @@ def _method(results: RunResults) -> str:
   into bytes objects before the clock starts.
 - Latency: {config.latency_calls} sequential unary Checks of 1,000 hashes from the
   benchmark process; "loaded" while the client processes stream 10k batches
-  at half the best streaming rate of that server, paced evenly.
+  at half the best streaming rate of that server, paced evenly. "idle" sends
+  the workload's queries: 0.1% hits, so most calls carry a hit, and a hit's
+  audit entry is synced to disk before its reply leaves; "idle-no-hits"
+  sends fresh random hashes, as most calls of a platform are.
 - Memory-probe ceiling: `numpy.take` of random indices from a uint64 array of
   N entries (the size of the table's 8-byte prefixes), one core.
 - Cold start: from starting `hashcheck-server serve` to the first answered

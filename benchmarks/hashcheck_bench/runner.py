@@ -206,7 +206,7 @@ def _measure_size(
     plan = e2e.LoadPlan(
         config.passes, config.rounds, workload.expected_hits, config.min_pass_seconds
     )
-    _measure_echo(sized, pool, plan, logs)
+    _measure_echo(sized, pool, plan, logs, workload, config)
     if store.exists():
         for workers in config.worker_counts:
             _measure_server(sized, workers, store, pool, workload, plan, config)
@@ -340,9 +340,17 @@ def _measure_peers(sized: SizeResults, workload: Workload, config: RunConfig) ->
 
 
 def _measure_echo(
-    sized: SizeResults, pool: LoadPool, plan: e2e.LoadPlan, logs: Path
+    sized: SizeResults,
+    pool: LoadPool,
+    plan: e2e.LoadPlan,
+    logs: Path,
+    workload: Workload,
+    config: RunConfig,
 ) -> None:
-    """The echo servicer at 100k (the ceiling) and 10k (gRPC's cost a message)."""
+    """The echo servicer at 100k (the ceiling) and 10k (gRPC's cost a message).
+
+    Also its unary latency, one process: what gRPC alone takes for a call.
+    """
 
     def measure() -> dict[str, Throughput]:
         handle = servers.start_echo(2, logs)
@@ -364,6 +372,15 @@ def _measure_echo(
         sized.rates["echo.stream.b100000"] = found
     else:
         sized.rates.update(found)
+
+    def measure_latency() -> e2e.Latency:
+        handle = servers.start_echo(1, logs)
+        try:
+            return e2e.measure_latency(handle, workload, config.latency_calls)
+        finally:
+            handle.stop()
+
+    sized.latency["echo.idle"] = _attempt(sized, "echo latency", measure_latency)
 
 
 def _measure_server(
@@ -484,6 +501,13 @@ def _measure_latencies(
         sized,
         f"{key} latency idle",
         lambda: e2e.measure_latency(handle, workload, config.latency_calls),
+    )
+    sized.latency[f"{key}.idle-no-hits"] = _attempt(
+        sized,
+        f"{key} latency idle, no hits",
+        lambda: e2e.measure_latency(
+            handle, workload, config.latency_calls, misses_only=True
+        ),
     )
     peak = _best_stream_rate(sized, key)
     if peak is None:
