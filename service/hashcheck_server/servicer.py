@@ -136,6 +136,12 @@ def abort_with(context: grpc.ServicerContext, status: Status) -> NoReturn:
 
 #: Batches of a stream looked up ahead of their replies (hashcheck_server.readahead).
 _STREAM_READ_AHEAD = 4
+#: Batches of a stream received ahead of their lookups.
+_STREAM_RECEIVE_AHEAD = 2
+
+
+def _as_received(request: hashcheck_pb2.CheckRequest) -> hashcheck_pb2.CheckRequest:
+    return request
 
 
 @dataclass(frozen=True)
@@ -294,12 +300,20 @@ class HashCheckServicer(hashcheck_pb2_grpc.HashCheckServicer):
         def prepare(request: hashcheck_pb2.CheckRequest) -> _Answer:
             return self._prepare_paced(request, context)
 
-        read_ahead = ReadAhead(
-            requests, prepare, depth=_STREAM_READ_AHEAD, name="check-stream"
+        # Receiving gets a thread of its own: gRPC asks for the next message
+        # only when the iterator is advanced, so a thread that received and
+        # then looked up would leave the next batch waiting in the transport
+        # for the whole of each lookup.
+        receiving = ReadAhead(
+            requests, _as_received, depth=_STREAM_RECEIVE_AHEAD, name="check-receive"
         )
-        with read_ahead as answers:
-            for answer in answers:
-                yield self._deliver(answer, "CheckStream")
+        with receiving as received:
+            read_ahead = ReadAhead(
+                iter(received), prepare, depth=_STREAM_READ_AHEAD, name="check-stream"
+            )
+            with read_ahead as answers:
+                for answer in answers:
+                    yield self._deliver(answer, "CheckStream")
 
     def _prepare_paced(
         self, request: hashcheck_pb2.CheckRequest, context: grpc.ServicerContext
