@@ -35,6 +35,13 @@ keeps other processes the only ones to ever wait inside LMDB's writer mutex.
 A unary call, which waits at once, commits in its own thread instead when
 no commit is running (`submit(..., inline=True)`).
 
+Recorded is not always delivered: a stream looks batches up ahead of their
+replies, so when its client goes away mid-stream, the hits of up to a few
+batches (servicer._STREAM_READ_AHEAD) may be recorded without their replies
+having been sent. The audit errs on that side on purpose: a hit is never
+reported unrecorded, and an entry says what the tenant asked about and
+would have been told.
+
 Retention: `prune(cutoff)` deletes entries older than a time, in small
 transactions; servers prune on their own once an hour (`AuditPruner`), and
 `hashcheck-server audit prune` does it by hand.

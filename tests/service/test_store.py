@@ -229,3 +229,33 @@ def test_store_survives_reopen(data_dir: Path) -> None:
     with HashStore.open(data_dir, readonly=True) as store:
         assert len(_hits(store, Algorithm.SHA1, hashes)) == 200
         assert layout.FORMAT == b"hashcheck-store/1"
+
+
+def test_tables_are_mapped_not_copied(data_dir: Path) -> None:
+    with HashStore.open(data_dir, create=True) as store:
+        store.import_entries("police", [md5_entries(random_hashes(5_000), "A1")])
+    environment = layout.Environment(data_dir, readonly=True)
+    transaction = environment.read()
+    try:
+        mapped = layout.map_table_part(
+            environment, transaction, Algorithm.MD5, layout.BASE
+        )
+        assert mapped is not None
+        rows, index = mapped
+
+        # Views of LMDB's read-only memory map: no bytes object holds a copy.
+        for array in (rows, index.filter, index.directory):
+            assert isinstance(_root_buffer(array), memoryview)
+            assert not array.flags.writeable
+        assert rows.shape == (5_000, 16)
+    finally:
+        transaction.abort()
+        environment.close()
+
+
+def _root_buffer(array: np.ndarray) -> object:
+    """What an array's memory belongs to, through any chain of views."""
+    base: object = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base
