@@ -205,17 +205,20 @@ class _FullDisk:
         self._environment.close()
 
 
-def test_hits_that_cannot_be_audited_are_not_reported(
-    secured: RunningServer,
-    secured_stub: hashcheck_pb2_grpc.HashCheckStub,
-    tenant_keys: dict[str, str],
-    list_hashes: ListHashes,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def audit_disk_full(secured: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secured server's audit refuses every write, as on a full disk."""
     assert secured.access is not None
     audit = secured.access.audit
     monkeypatch.setattr(audit, "_environment", _FullDisk(audit._environment))
 
+
+@pytest.mark.usefixtures("audit_disk_full")
+def test_hits_that_cannot_be_audited_are_not_reported(
+    secured_stub: hashcheck_pb2_grpc.HashCheckStub,
+    tenant_keys: dict[str, str],
+    list_hashes: ListHashes,
+) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         check(secured_stub, list_hashes.hotline[:1], tenant_keys["acme"])
     misses_only = check(secured_stub, list_hashes.misses(3), tenant_keys["acme"])
@@ -224,16 +227,12 @@ def test_hits_that_cannot_be_audited_are_not_reported(
     assert misses_only.checked == 3
 
 
+@pytest.mark.usefixtures("audit_disk_full")
 def test_a_stream_reports_no_hit_it_cannot_audit(
-    secured: RunningServer,
     secured_stub: hashcheck_pb2_grpc.HashCheckStub,
     tenant_keys: dict[str, str],
     list_hashes: ListHashes,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert secured.access is not None
-    audit = secured.access.audit
-    monkeypatch.setattr(audit, "_environment", _FullDisk(audit._environment))
     batches = [list_hashes.misses(4), list_hashes.hotline[:1], list_hashes.misses(4)]
     requests = (
         hashcheck_pb2.CheckRequest(
