@@ -48,7 +48,7 @@ from hashcheck._packing import (
     aiter_batches,
     as_hash_sequence,
     coerce_algorithm,
-    iter_batches,
+    iter_batches_inline,
     pack_sequence,
     require_whole_hashes,
     resolve_algorithm,
@@ -164,8 +164,9 @@ class AsyncClient:
             async for result in client.check_stream(hashes, "md5"):
                 ...
 
-        `hashes` may be an async iterable. A plain iterable is read on the
-        event loop, so it should not block.
+        `hashes` may be an async iterable; a slow one's hashes go out in a
+        shorter batch once they have waited a moment. A plain iterable is
+        read on the event loop, so it should not block.
         """
         batches: (
             Iterable[Batch[tuple[str | bytes, ...]]]
@@ -174,7 +175,7 @@ class AsyncClient:
         if isinstance(hashes, AsyncIterable):
             batches = aiter_batches(hashes, algorithm, batch_size)
         else:
-            batches = iter_batches(hashes, algorithm, batch_size)
+            batches = iter_batches_inline(hashes, algorithm, batch_size)
         return self.check_batches(
             batches, max_in_flight=max_in_flight, want_receipts=want_receipts
         )

@@ -173,7 +173,10 @@ class Client:
         Yields one result per batch of `batch_size` hashes, in order; each
         result's `context` holds the batch's hashes as given. The input is
         read only as fast as results come back: at most `max_in_flight`
-        batches are unanswered at any time.
+        batches are unanswered at any time. An iterator is read on a thread
+        of its own, and a slow one is not held back until a batch is full:
+        its hashes go out in a shorter batch once none has arrived for 0.2
+        seconds or the oldest has waited 0.5 seconds.
         """
         batches = iter_batches(hashes, algorithm, batch_size)
         return self.check_batches(

@@ -10,6 +10,13 @@ the first bad line.
 
 Blank lines and whitespace around a hash are ignored. Without a named
 algorithm, the first hash decides it for the whole input.
+
+A slow input (`tail -f uploads | hashcheck check -`) is not held back until a
+batch is full: the stream is read and decoded on another thread, and the
+hashes decoded so far are sent once no line has come for a moment or the
+oldest has waited a little while (see `_flushing`). Decoded blocks are
+handed over up to 16 reads at a time, so a fast input costs one hand-over
+between threads per megabyte or more, not one per line.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import BinaryIO
 
 from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
 from hashcheck._exceptions import InvalidHash
+from hashcheck._flushing import FlushTimer, read_ahead
 from hashcheck._models import Batch
 
 __all__ = ["HexLineDecoder", "read_hex_batches"]
@@ -32,23 +40,43 @@ def read_hex_batches(
 ) -> Iterator[Batch[None]]:
     """Batches of `batch_size` hashes read from `stream`, the last one shorter.
 
+    While the stream is slow, shorter batches too: the hashes read so far,
+    once the `FlushTimer` says they have waited long enough.
+
     Raises InvalidHash naming the line number of the first bad line, after
     yielding the batches of the lines before its block.
     """
     decoder = HexLineDecoder(algorithm)
+    timer = FlushTimer()
     pending = bytearray()
 
-    for lines in _blocks_of_lines(stream):
-        pending += decoder.decode(lines)
-        if decoder.algorithm is None:
-            continue
-        batch_bytes = batch_size * decoder.algorithm.width
-        while len(pending) >= batch_bytes:
-            yield Batch(decoder.algorithm, bytes(pending[:batch_bytes]), None)
-            del pending[:batch_bytes]
+    # Read and decoded on another thread, each block before the next read, so
+    # that a pipe's writer refills the pipe while a block is decoded.
+    decoded = map(decoder.decode, _blocks_of_lines(stream))
+    for packed in read_ahead(decoded, timer):
+        if packed is not None:
+            pending += packed
+        if decoder.algorithm is not None:
+            yield from _batches_due(pending, decoder.algorithm, batch_size, timer)
 
     if pending and decoder.algorithm is not None:
         yield Batch(decoder.algorithm, bytes(pending), None)
+
+
+def _batches_due(
+    pending: bytearray, algorithm: Algorithm, batch_size: int, timer: FlushTimer
+) -> Iterator[Batch[None]]:
+    """The full batches of `pending`, and the rest once due; each leaves `pending`."""
+    batch_bytes = batch_size * algorithm.width
+    while len(pending) >= batch_bytes:
+        yield Batch(algorithm, bytes(pending[:batch_bytes]), None)
+        del pending[:batch_bytes]
+        timer.sent()
+
+    if pending and timer.is_due(len(pending)):
+        yield Batch(algorithm, bytes(pending), None)
+        pending.clear()
+        timer.sent()
 
 
 def _blocks_of_lines(stream: BinaryIO) -> Iterator[list[bytes]]:

@@ -9,6 +9,11 @@ is taken as SHA-256; PDQ must always be named.
 Packing works on whole batches: the common case (all hex, or all bytes, all
 of the right width) is joined and decoded in one call, and only a batch that
 fails that is walked hash by hash to say which hash is wrong.
+
+A stream of hashes (`iter_batches`, `aiter_batches`) is read on a thread or
+task of its own, a batch's worth at a time, so that a slow stream's hashes
+go out in a shorter batch once they have waited a moment (see `_flushing`)
+instead of waiting for a full one.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Se
 
 from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
 from hashcheck._exceptions import InvalidHash
+from hashcheck._flushing import AsyncBackgroundPull, BackgroundPull, FlushTimer
 from hashcheck._models import Batch
 
 __all__ = ["pack_hashes"]
@@ -123,11 +129,29 @@ def iter_batches(
 
     Without a named algorithm the first hash of the stream decides it for the
     whole stream. The arguments are checked now, the hashes as they are read.
+    Unless `hashes` is a sequence, it is read on a thread of its own, at
+    most one batch ahead of the batches taken, and a batch is shorter when
+    the `FlushTimer` says its hashes have waited long enough. What the
+    iterable raises is raised after a batch of the hashes it gave before.
     """
+    if isinstance(hashes, Sequence):
+        # All there already: nothing to wait for, so no thread to hand over to.
+        return iter_batches_inline(hashes, algorithm, batch_size)
+    require_batch_size(batch_size)
+    chosen = None if algorithm is None else coerce_algorithm(algorithm)
+    return _generate_batches(iter(hashes), chosen, batch_size)
+
+
+def iter_batches_inline(
+    hashes: Iterable[str | bytes],
+    algorithm: Algorithm | str | None,
+    batch_size: int,
+) -> Iterator[Batch[tuple[str | bytes, ...]]]:
+    """`iter_batches` read on the caller's own thread, for input that never blocks."""
     require_batch_size(batch_size)
     refuse_lone_hash(hashes)
     chosen = None if algorithm is None else coerce_algorithm(algorithm)
-    return _generate_batches(iter(hashes), chosen, batch_size)
+    return _generate_batches_inline(iter(hashes), chosen, batch_size)
 
 
 def aiter_batches(
@@ -135,10 +159,10 @@ def aiter_batches(
     algorithm: Algorithm | str | None,
     batch_size: int,
 ) -> AsyncIterator[Batch[tuple[str | bytes, ...]]]:
-    """`iter_batches` for an async iterable of hashes."""
+    """`iter_batches` for an async iterable of hashes, read by a task of its own."""
     require_batch_size(batch_size)
     chosen = None if algorithm is None else coerce_algorithm(algorithm)
-    return _agenerate_batches(hashes, chosen, batch_size)
+    return _agenerate_batches(aiter(hashes), chosen, batch_size)
 
 
 def require_batch_size(batch_size: int) -> None:
@@ -159,30 +183,71 @@ def require_whole_hashes(hashes: bytes, algorithm: Algorithm) -> None:
 def _generate_batches(
     hashes: Iterator[str | bytes], algorithm: Algorithm | None, batch_size: int
 ) -> Iterator[Batch[tuple[str | bytes, ...]]]:
+    pull = BackgroundPull(hashes)
+    timer = FlushTimer()
+    chunk: list[str | bytes] = []
     offset = 0
-    while chunk := tuple(itertools.islice(hashes, batch_size)):
-        algorithm = algorithm or algorithm_of(chunk[0], index=offset)
-        yield Batch(algorithm, pack_sequence(chunk, algorithm, offset), chunk)
-        offset += len(chunk)
+    try:
+        while not pull.ended:
+            # Only what the batch lacks, so nothing is read ahead of demand.
+            pull.start(batch_size - len(chunk))
+            chunk += pull.take(timer.wait_seconds())
+            if _is_ready(chunk, batch_size, pull.ended, timer):
+                algorithm = algorithm or algorithm_of(chunk[0], index=offset)
+                yield _batch_of(chunk, algorithm, offset)
+                offset += len(chunk)
+                chunk = []
+                timer.sent()
+        pull.raise_if_failed()
+    finally:
+        pull.close()
 
 
 async def _agenerate_batches(
-    hashes: AsyncIterable[str | bytes], algorithm: Algorithm | None, batch_size: int
+    hashes: AsyncIterator[str | bytes], algorithm: Algorithm | None, batch_size: int
 ) -> AsyncIterator[Batch[tuple[str | bytes, ...]]]:
-    offset = 0
+    pull = AsyncBackgroundPull(hashes)
+    timer = FlushTimer()
     chunk: list[str | bytes] = []
-    async for item in hashes:
-        chunk.append(item)
-        if len(chunk) < batch_size:
-            continue
-        algorithm = algorithm or algorithm_of(chunk[0], index=offset)
-        yield Batch(algorithm, pack_sequence(chunk, algorithm, offset), tuple(chunk))
-        offset += len(chunk)
-        chunk = []
+    offset = 0
+    try:
+        while not pull.ended:
+            pull.start(batch_size - len(chunk))
+            chunk += await pull.take(timer.wait_seconds())
+            if _is_ready(chunk, batch_size, pull.ended, timer):
+                algorithm = algorithm or algorithm_of(chunk[0], index=offset)
+                yield _batch_of(chunk, algorithm, offset)
+                offset += len(chunk)
+                chunk = []
+                timer.sent()
+        pull.raise_if_failed()
+    finally:
+        await pull.aclose()
 
-    if chunk:
+
+def _generate_batches_inline(
+    hashes: Iterator[str | bytes], algorithm: Algorithm | None, batch_size: int
+) -> Iterator[Batch[tuple[str | bytes, ...]]]:
+    offset = 0
+    while chunk := tuple(itertools.islice(hashes, batch_size)):
         algorithm = algorithm or algorithm_of(chunk[0], index=offset)
-        yield Batch(algorithm, pack_sequence(chunk, algorithm, offset), tuple(chunk))
+        yield _batch_of(chunk, algorithm, offset)
+        offset += len(chunk)
+
+
+def _is_ready(
+    chunk: Sequence[str | bytes], batch_size: int, ended: bool, timer: FlushTimer
+) -> bool:
+    """Whether to send the chunk: full, the last, or due by the timer."""
+    if not chunk:
+        return False
+    return len(chunk) >= batch_size or ended or timer.is_due(len(chunk))
+
+
+def _batch_of(
+    chunk: Sequence[str | bytes], algorithm: Algorithm, offset: int
+) -> Batch[tuple[str | bytes, ...]]:
+    return Batch(algorithm, pack_sequence(chunk, algorithm, offset), tuple(chunk))
 
 
 def _pack_uniform(items: Sequence[str | bytes], algorithm: Algorithm) -> bytes | None:

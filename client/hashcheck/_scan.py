@@ -11,7 +11,8 @@ hashing pause whenever the server has enough batches unanswered):
 2. `FileScan` hashes up to `window` files at a time on a thread pool (hashlib
    releases the GIL, so the threads hash in parallel) and collects them in
    whatever order they finish.
-3. Every `batch_size` files, or when no file has finished for a moment, the
+3. Every `batch_size` files, or when no file has finished for a moment or
+   the first of them has waited a little while (`_flushing.FlushTimer`), the
    files collected so far become three batches, one per algorithm, each
    carrying the paths in batch order: a hit's position is its file's index.
    With PDQ on, the images among them with a usable PDQ hash (quality 50 or
@@ -29,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from hashcheck._algorithms import Algorithm
+from hashcheck._flushing import FlushTimer
 from hashcheck._hashing import FileHashes, hash_file
 from hashcheck._models import Batch
 from hashcheck._pdq import PdqHash, pdq_hash_file
@@ -41,10 +43,6 @@ Report = Callable[[str], None]
 
 #: A file's exact hashes, and its PDQ hash when it is an image and PDQ is on.
 _Hashed = tuple[FileHashes, PdqHash | None]
-
-# Send what has been hashed once no file finished for this long, so that a
-# slow file does not hold back the hits of the files already done.
-_FLUSH_AFTER_IDLE_SECONDS = 0.25
 
 
 class FileScan:
@@ -87,13 +85,18 @@ class FileScan:
         ) as executor:
             self._executor = executor
             files = walk_files(self._paths, self._note_problem)
+            # A slow file must not hold back the hits of the files done.
+            timer = FlushTimer()
             group: list[tuple[str, _Hashed]] = []
-            for hashed in self._hash_in_parallel(executor, files):
+            for hashed in self._hash_in_parallel(executor, files, timer):
                 if hashed is not None:
                     group.append(hashed)
-                if group and (hashed is None or len(group) >= self._batch_size):
+                if len(group) >= self._batch_size or (
+                    group and timer.is_due(len(group))
+                ):
                     yield from self._batches_of(group)
                     group = []
+                    timer.sent()
             if group:
                 yield from self._batches_of(group)
 
@@ -107,16 +110,17 @@ class FileScan:
         self,
         executor: concurrent.futures.Executor,
         files: Iterator[str],
+        timer: FlushTimer,
     ) -> Iterator[tuple[str, _Hashed] | None]:
-        """Hashed files as they finish; None marks a pause with none finishing."""
+        """Hashed files as they finish; None marks a wait the timer ended."""
         window = 4 * self._workers
         running: dict[concurrent.futures.Future[_Hashed], str] = {}
         for path in files:
             running[executor.submit(self._hash, path)] = path
             if len(running) >= window:
-                yield from self._collect(running)
+                yield from self._collect(running, timer)
         while running:
-            yield from self._collect(running)
+            yield from self._collect(running, timer)
 
     def _hash(self, path: str) -> _Hashed:
         hashes = hash_file(path)
@@ -130,12 +134,14 @@ class FileScan:
             return hashes, None
 
     def _collect(
-        self, running: dict[concurrent.futures.Future[_Hashed], str]
+        self,
+        running: dict[concurrent.futures.Future[_Hashed], str],
+        timer: FlushTimer,
     ) -> Iterator[tuple[str, _Hashed] | None]:
-        """The files that finish next, or one None when none finish for a while."""
+        """The files that finish next, or one None when the timer runs out first."""
         done, _ = concurrent.futures.wait(
             running,
-            timeout=_FLUSH_AFTER_IDLE_SECONDS,
+            timeout=timer.wait_seconds(),
             return_when=concurrent.futures.FIRST_COMPLETED,
         )
         if not done:

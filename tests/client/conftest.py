@@ -15,10 +15,12 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import select
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -314,3 +316,62 @@ def run_cli() -> CliRunner:
         )
 
     return run
+
+
+class LiveCli:
+    """The CLI in a child process that the test writes to while it runs."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hashcheck._cli", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._unread = b""
+
+    def send(self, text: str) -> None:
+        """Write to its stdin, which stays open."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(text.encode())
+        self.process.stdin.flush()
+
+    def line_within(self, seconds: float) -> str | None:
+        """The next line it prints, or None if none comes within `seconds`."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + seconds
+        stdout = self.process.stdout.fileno()
+        while b"\n" not in self._unread:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([stdout], [], [], remaining)[0]:
+                return None
+            piece = os.read(stdout, 65536)
+            if not piece:
+                return None
+            self._unread += piece
+        line, _, self._unread = self._unread.partition(b"\n")
+        return line.decode()
+
+    def finish(self) -> tuple[int, str]:
+        """Close its stdin; its exit status and what is left on stderr."""
+        _, stderr = self.process.communicate(timeout=30)
+        return self.process.returncode, stderr.decode()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+@pytest.fixture
+def live_cli() -> Iterator[Callable[..., LiveCli]]:
+    """`live_cli(*args)`: a `LiveCli`, killed at the end if still running."""
+    started: list[LiveCli] = []
+
+    def start(*args: str) -> LiveCli:
+        started.append(LiveCli(*args))
+        return started[-1]
+
+    yield start
+    for cli in started:
+        cli.kill()

@@ -16,7 +16,7 @@ from hashcheck import Algorithm
 from hashcheck._cli import main
 
 if TYPE_CHECKING:
-    from conftest import CliRunner, FakeHashCheck
+    from conftest import CliRunner, FakeHashCheck, LiveCli
 
 MakeHash = Callable[[Algorithm, int], bytes]
 
@@ -262,3 +262,27 @@ def test_cli_without_command_exits_2(run_cli: CliRunner) -> None:
 
     assert completed.returncode == 2
     assert "usage: hashcheck" in completed.stderr
+
+
+def test_cli_check_stdin_left_open_prints_each_hit_within_a_second(
+    live_cli: Callable[..., LiveCli],
+    target: str,
+    fake: FakeHashCheck,
+    make_hash: MakeHash,
+) -> None:
+    first, second = make_hash(Algorithm.MD5, 1), make_hash(Algorithm.MD5, 2)
+    fake.add(first)
+    fake.add(second)
+    cli = live_cli("check", "--server", target, "-")
+
+    # The first hit also waits for the child to start and connect.
+    cli.send(first.hex() + "\n")
+    first_line = cli.line_within(30)
+    cli.send(make_hash(Algorithm.MD5, 3).hex() + "\n" + second.hex() + "\n")
+    second_line = cli.line_within(1.0)
+
+    assert first_line is not None and json.loads(first_line)["hash"] == first.hex()
+    assert second_line is not None, "the hit waited for a full batch"
+    assert json.loads(second_line)["hash"] == second.hex()
+    assert cli.finish() == (1, "")
+    assert fake.calls == ["CheckStream"]

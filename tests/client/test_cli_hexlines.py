@@ -1,8 +1,10 @@
-"""Reading hex lines in bulk: reads that cut lines, batch sizes, line numbers."""
+"""Reading hex lines in bulk: cut reads, batch sizes, line numbers, slow streams."""
 
 from __future__ import annotations
 
 import io
+import os
+import time
 
 import pytest
 
@@ -71,3 +73,37 @@ def test_read_hex_batches_counts_lines_across_reads() -> None:
 
 def test_read_hex_batches_only_blank_lines_yield_nothing() -> None:
     assert list(read_hex_batches(io.BytesIO(b"\n  \n\t\n"), None, 10)) == []
+
+
+def test_read_hex_batches_slow_stream_sends_what_came() -> None:
+    lines = _hex_lines(5)
+    read_end, write_end = os.pipe()
+    with (
+        open(read_end, "rb", buffering=0) as stream,
+        open(write_end, "wb", buffering=0) as writer,
+    ):
+        writer.write(("\n".join(lines[:3]) + "\n").encode())
+        batches = read_hex_batches(stream, None, 10_000)
+
+        started = time.monotonic()
+        first = next(batches)
+        waited = time.monotonic() - started
+
+        writer.write(("\n".join(lines[3:]) + "\n").encode())
+        writer.close()
+        rest = list(batches)
+
+    # The pipe stays open with three lines in it: they go out on their own.
+    assert first.count == 3
+    assert waited < 1.0
+    sent = b"".join(batch.hashes for batch in [first, *rest])
+    assert sent == bytes.fromhex("".join(lines))
+
+
+def test_read_hex_batches_fast_stream_sends_full_batches() -> None:
+    lines = _hex_lines(100_000)
+    data = ("\n".join(lines) + "\n").encode()
+
+    batches = list(read_hex_batches(_TrickleStream(data, 64 * 1024), None, 10_000))
+
+    assert [batch.count for batch in batches] == [10_000] * 10

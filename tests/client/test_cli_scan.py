@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from hashcheck import _scan
+from hashcheck import FileHashes, _scan
 from hashcheck._cli import main
 from hashcheck._scan import walk_files
 
@@ -219,3 +221,31 @@ def test_walk_files_reports_special_files(tmp_path: Path) -> None:
     assert problems == [
         f"Skipped {fifo}: it is neither a regular file nor a directory."
     ]
+
+
+def test_file_scan_slow_file_does_not_hold_back_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a.txt", "b.txt", "slow.bin"):
+        (tmp_path / name).write_bytes(f"generated file {name}\n".encode())
+    release = threading.Event()
+    hash_file = _scan.hash_file
+
+    def slow_for_one(path: str) -> FileHashes:
+        if path.endswith("slow.bin"):
+            release.wait(10)
+        return hash_file(path)
+
+    monkeypatch.setattr(_scan, "hash_file", slow_for_one)
+    scan = _scan.FileScan([str(tmp_path)], batch_size=1_000, workers=2, report=print)
+
+    batches = scan.batches()
+    started = time.monotonic()
+    first = next(batches)
+    waited = time.monotonic() - started
+    release.set()
+    rest = list(batches)
+
+    assert waited < 1.0
+    assert sorted(Path(path).name for path in first.context) == ["a.txt", "b.txt"]
+    assert [Path(path).name for path in rest[-1].context] == ["slow.bin"]

@@ -163,3 +163,33 @@ def test_async_retry_after_is_waited_then_retried_once(
 
     assert asyncio.run(check()) >= 0.1
     assert fake.calls == ["GetInfo", "GetInfo"]
+
+
+def test_async_check_stream_slow_iterator_sends_hits_without_a_full_batch(
+    target: str, fake: FakeHashCheck, make_hash: MakeHash
+) -> None:
+    known = make_hash(Algorithm.SHA1, 1)
+    fake.add(known)
+
+    async def check() -> None:
+        release = asyncio.Event()
+
+        async def uploads() -> AsyncIterator[bytes]:
+            yield make_hash(Algorithm.SHA1, 0)
+            yield known
+            await release.wait()
+            yield make_hash(Algorithm.SHA1, 2)
+
+        async with AsyncClient(target) as client:
+            results = client.check_stream(uploads(), batch_size=10_000)
+            started = time.monotonic()
+            first = await anext(results)
+            waited = time.monotonic() - started
+            release.set()
+            rest = [result async for result in results]
+
+        assert waited < 1.0
+        assert (first.checked, [hit.position for hit in first.hits]) == (2, [1])
+        assert [result.checked for result in rest] == [1]
+
+    asyncio.run(check())

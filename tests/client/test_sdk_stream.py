@@ -180,3 +180,48 @@ def test_check_stream_rejects_nonpositive_limits(
         client.check_stream(
             ["00" * 16], batch_size=batch_size, max_in_flight=max_in_flight
         )
+
+
+def test_check_stream_slow_iterator_sends_hits_without_a_full_batch(
+    client: Client, fake: FakeHashCheck, make_hash: MakeHash
+) -> None:
+    known = make_hash(Algorithm.MD5, 1)
+    fake.add(known)
+    release = threading.Event()
+
+    def uploads() -> Iterator[bytes]:
+        yield make_hash(Algorithm.MD5, 0)
+        yield known
+        # An upload queue that goes quiet: the two hashes must not wait.
+        release.wait(10)
+        yield make_hash(Algorithm.MD5, 2)
+
+    results = client.check_stream(uploads(), batch_size=10_000)
+    started = time.monotonic()
+    first = next(results)
+    waited = time.monotonic() - started
+    release.set()
+    rest = list(results)
+
+    assert waited < 1.0
+    assert (first.checked, [hit.position for hit in first.hits]) == (2, [1])
+    assert [result.checked for result in rest] == [1]
+
+
+def test_check_stream_iterator_error_raised_after_its_hashes(
+    client: Client, fake: FakeHashCheck, make_hash: MakeHash
+) -> None:
+    known = make_hash(Algorithm.MD5, 3)
+    fake.add(known)
+
+    def failing() -> Iterator[bytes]:
+        yield make_hash(Algorithm.MD5, 0)
+        yield known
+        raise OSError("the upload queue went away")
+
+    seen = []
+    with pytest.raises(OSError, match="went away"):
+        for result in client.check_stream(failing(), batch_size=100):
+            seen.extend(hit.hash for hit in result.hits)
+
+    assert seen == [known]
