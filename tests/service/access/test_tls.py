@@ -172,8 +172,7 @@ def test_serve_cli_takes_tls_options(
         with Client(f"localhost:{port}", api_key=tenant_keys["ops"], tls=tls) as client:
             info = _when_up(client)
     finally:
-        server.terminate()
-        _, log = server.communicate(timeout=30)
+        log = _stop(server)
 
     # The operator's key was accepted: only operators are shown counts.
     counts = {a.algorithm.value: a.hash_count for a in info.algorithms}
@@ -195,6 +194,22 @@ def test_serve_cli_without_tenants_refuses_non_loopback(tmp_path: Path) -> None:
 
     assert refused.returncode == 2
     assert "--insecure-no-auth" in refused.stderr
+
+
+def _stop(server: subprocess.Popen[str]) -> str:
+    """SIGTERM, then the log; a server that does not drain fails the test.
+
+    It is killed first, so that a hang fails only this test, not a later
+    one that would trip over the leftover process.
+    """
+    server.terminate()
+    try:
+        _, log = server.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        _, log = server.communicate()
+        pytest.fail(f"serve did not stop within 30 s of SIGTERM; its log:\n{log}")
+    return log
 
 
 def _when_up(client: Client, timeout_seconds: float = 30.0) -> Info:
