@@ -554,6 +554,9 @@ def _method(results: RunResults) -> str:
   (fsync off, 2 GB shared buffers) with `= ANY` over 10k hashes a query on an
   unlogged table with a bytea primary key (loaded by COPY). Queries are sliced
   into bytes objects before the clock starts.
+- Before the echo and each server is measured, `sync` writes back what the
+  earlier steps left dirty (PostgreSQL runs with fsync off), since every
+  hit's audit entry is fsynced before its reply.
 - Latency: {config.latency_calls} sequential unary Checks of 1,000 hashes from the
   benchmark process; "loaded" while the client processes stream 10k batches
   at half the best streaming rate of that server, paced evenly. "idle" sends

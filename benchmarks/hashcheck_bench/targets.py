@@ -88,6 +88,11 @@ _WHY_MISSED = {
         "why: see the absolute streaming rate above; Redis is measured on the "
         "same machine in the same run"
     ),
+    "Unary 1,000 hashes, idle server: p99": (
+        "why: the slowest calls carry a hit, and their audit entry's fsync "
+        "waits on the disk (the latency table's idle-no-hits rows show the "
+        "same calls without it)"
+    ),
     "Unary 1,000 hashes, idle server: p50 < 1 ms (0.1% hits)": (
         "why: most of these calls carry a hit, whose audit entry is committed "
         "with fsync (LMDB, 0.25-0.5 ms on this disk) before the reply leaves, "
