@@ -103,6 +103,22 @@ def test_cli_check_stdin_streams_many_hashes(
     assert fake.stream_requests == 25
 
 
+def test_cli_check_stdin_batches_stay_within_the_servers_largest(
+    run_cli: CliRunner, target: str, fake: FakeHashCheck, make_hash: MakeHash
+) -> None:
+    fake.max_batch_hashes = 3_000
+    hashes = [make_hash(Algorithm.MD5, number).hex() for number in range(25_000)]
+    fake.add(bytes.fromhex(hashes[-1]))
+
+    completed = run_cli(
+        "check", "--server", target, "-", stdin="\n".join(hashes) + "\n"
+    )
+
+    assert completed.returncode == 1, completed.stderr
+    assert fake.calls == ["GetInfo", "CheckStream"]
+    assert fake.stream_requests == 9  # 25,000 in batches of at most 3,000
+
+
 @pytest.mark.parametrize(
     ("stdin", "message"),
     [
@@ -285,4 +301,4 @@ def test_cli_check_stdin_left_open_prints_each_hit_within_a_second(
     assert second_line is not None, "the hit waited for a full batch"
     assert json.loads(second_line)["hash"] == second.hex()
     assert cli.finish() == (1, "")
-    assert fake.calls == ["CheckStream"]
+    assert fake.calls == ["GetInfo", "CheckStream"]

@@ -7,6 +7,8 @@ import os
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hashcheck import Algorithm, InvalidHash
 from hashcheck._hexlines import read_hex_batches
@@ -107,3 +109,45 @@ def test_read_hex_batches_fast_stream_sends_full_batches() -> None:
     batches = list(read_hex_batches(_TrickleStream(data, 64 * 1024), None, 10_000))
 
     assert [batch.count for batch in batches] == [10_000] * 10
+
+
+_LINE_FORMS = st.sampled_from(["bare", "upper", "padded", "crlf", "blank"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    forms=st.lists(_LINE_FORMS, min_size=1, max_size=60),
+    bad_at=st.none() | st.integers(0, 59),
+    step=st.integers(1, 200),
+)
+def test_read_hex_batches_equals_reading_line_by_line(
+    forms: list[str], bad_at: int | None, step: int
+) -> None:
+    digits = _hex_lines(len(forms))
+    shaped = {
+        "bare": "{}\n",
+        "upper": "{}\n",
+        "padded": "  {} \n",
+        "crlf": "{}\r\n",
+        "blank": "\n",
+    }
+    lines = [
+        shaped[form].format(hex_.upper() if form == "upper" else hex_)
+        for form, hex_ in zip(forms, digits, strict=True)
+    ]
+    if bad_at is not None and bad_at < len(lines):
+        lines[bad_at] = "z" * 32 + "\n"
+    data = "".join(lines).encode()
+    expected = [line.strip() for line in lines if line.strip()]
+    reader = read_hex_batches(_TrickleStream(data, step), Algorithm.MD5, 7)
+
+    if any(line.startswith("z") for line in expected):
+        with pytest.raises(InvalidHash) as bad:
+            list(reader)
+        assert f"Line {lines.index('z' * 32 + chr(10)) + 1}:" in str(bad.value)
+        return
+    batches = list(reader)
+
+    assert b"".join(batch.hashes for batch in batches) == bytes.fromhex(
+        "".join(expected)
+    )
