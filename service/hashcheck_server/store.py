@@ -333,6 +333,13 @@ class HashStore:
             algorithm.value,
             list_name or "every list",
             generation,
+            extra={
+                "event": "hashes_removed",
+                "list": list_name or "",
+                "algorithm": algorithm.value,
+                "removed": len(removed),
+                "generation": generation,
+            },
         )
         return len(removed), generation
 
@@ -357,7 +364,16 @@ class HashStore:
             generation = self._commit_generation(transaction, f"retire {list_name}")
             changes.record(generation)
         logger.info(
-            "retired list %s (%d hashes): generation %d", list_name, held, generation
+            "retired list %s (%d hashes): generation %d",
+            list_name,
+            held,
+            generation,
+            extra={
+                "event": "list_retired",
+                "list": list_name,
+                "hashes": held,
+                "generation": generation,
+            },
         )
         return held, generation
 
@@ -398,6 +414,13 @@ class HashStore:
             f" into {into}" if into else "",
             withdrawn,
             generation,
+            extra={
+                "event": "list_promoted",
+                "list": staged_name,
+                "into": into or "",
+                "withdrawn": withdrawn,
+                "generation": generation,
+            },
         )
         return generation
 
@@ -535,7 +558,11 @@ class HashStore:
                     transaction, "", None, algorithm, replace=False, rebuild=True
                 )
             generation = self._commit_generation(transaction, "merge deltas")
-        logger.info("merged deltas into base tables: generation %d", generation)
+        logger.info(
+            "merged deltas into base tables: generation %d",
+            generation,
+            extra={"event": "deltas_merged", "generation": generation},
+        )
         return generation
 
     def lists(self) -> list[ListSummary]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from hashcheck._algorithms import Algorithm
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server.logs import JsonFormatter
 from hashcheck_server.server import ServerConfig, start_server
@@ -61,6 +62,33 @@ def test_import_logs_one_import_finished_event_with_its_counts(
     assert (entry["updated"], entry["held_back"]) == (0, 0)
     assert "imported list police" in entry["message"]
     assert police[0].tobytes().hex() not in json.dumps(entry)
+
+
+def test_list_changes_log_one_event_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    police = build_store(tmp_path / "data", 10)
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="hashcheck_server.store")
+    with HashStore.open(tmp_path / "data") as store:
+        store.remove_hashes(Algorithm.MD5, police[:2], list_name="police")
+        store.merge()
+        store.retire_list("police")
+
+    entries = [
+        json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if getattr(r, "event", "")
+    ]
+
+    assert [e["event"] for e in entries] == [
+        "hashes_removed",
+        "deltas_merged",
+        "list_retired",
+    ]
+    assert (entries[0]["removed"], entries[0]["list"]) == (2, "police")
+    assert (entries[2]["hashes"], entries[2]["list"]) == (8, "police")
+    assert all(police[0].tobytes().hex() not in json.dumps(e) for e in entries)
 
 
 def test_no_log_line_holds_a_hash_that_missed(
