@@ -8,6 +8,7 @@
     │   ├── Forbidden               a disabled tenant (PERMISSION_DENIED)
     │   └── OverLimit               over rate or streams (RESOURCE_EXHAUSTED)
     ├── UnsafeListen                no tenants, a non-loopback address, no opt-out
+    ├── CannotListen                an address to serve on is taken or invalid
     ├── ReceiptsUnavailable         receipts asked of a server without a signing key
     │                               (FAILED_PRECONDITION)
     ├── Unsupported                 a call this server is not set up to take: a
@@ -34,6 +35,7 @@ __all__ = [
     "AccessRefused",
     "AuditFailed",
     "BadRequest",
+    "CannotListen",
     "Forbidden",
     "HashCheckError",
     "ImportRejected",
@@ -88,6 +90,10 @@ class OverLimit(AccessRefused):
 
 class UnsafeListen(HashCheckError):
     """A server without tenants asked to listen beyond loopback, without opt-out."""
+
+
+class CannotListen(HashCheckError):
+    """The gRPC or the metrics address is taken by another process, or invalid."""
 
 
 class ReceiptsUnavailable(HashCheckError):

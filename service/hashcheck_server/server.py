@@ -34,7 +34,7 @@ from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server import layout
 from hashcheck_server.access import AccessConfig, AccessControl
 from hashcheck_server.disputes import DisputeDesk
-from hashcheck_server.errors import NotReady
+from hashcheck_server.errors import CannotListen, NotReady
 from hashcheck_server.floods import QuarantineGuard, QuarantineMetrics, QuarantinePolicy
 from hashcheck_server.follow import SnapshotFollower
 from hashcheck_server.generation import Generation
@@ -205,18 +205,16 @@ def start_server(
         (_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
-    port = access.bind(server, config.listen)
-    if port == 0:
-        raise OSError(
-            f"Cannot listen on {config.listen}: the address is taken or invalid."
-        )
+    port = _bind(access, server, config.listen)
+    # Both addresses are taken before anything serves, so that a taken one
+    # ends the start with one clear message and nothing left running.
+    metrics_endpoint = _start_metrics_endpoint(config, registry)
     if quarantine is not None:
         quarantine.start()
     server.start()
 
     _map_first_generation(config, keeper)
     keeper.start_watching(config.reload_interval_seconds)
-    metrics_endpoint = _start_metrics_endpoint(config, registry)
     logger.info(
         "listening on %s (port %d), data %s, metrics %s",
         config.listen,
@@ -247,15 +245,37 @@ def _metrics_address(config: ServerConfig) -> str | None:
     return f"{shown}:{config.metrics_port}"
 
 
+def _bind(access: AccessControl, server: grpc.Server, listen: str) -> int:
+    """The port the gRPC server listens on; CannotListen if it cannot."""
+    refusal = (
+        f"Cannot listen on {listen}: the address is taken or invalid. "
+        "Choose another --listen, or stop what holds it."
+    )
+    try:
+        port = access.bind(server, listen)
+    except RuntimeError as error:
+        # Newer grpcio raises where older versions returned port 0.
+        raise CannotListen(refusal) from error
+    if port == 0:
+        raise CannotListen(refusal)
+    return port
+
+
 def _start_metrics_endpoint(
     config: ServerConfig, registry: CollectorRegistry
 ) -> WSGIServer | None:
     """Serve the metrics on their own host, not on the gRPC listener's."""
     if config.metrics_port is None:
         return None
-    endpoint, _ = start_http_server(
-        config.metrics_port, addr=config.metrics_listen, registry=registry
-    )
+    try:
+        endpoint, _ = start_http_server(
+            config.metrics_port, addr=config.metrics_listen, registry=registry
+        )
+    except OSError as error:
+        raise CannotListen(
+            f"Cannot serve metrics on {_metrics_address(config)}: "
+            f"{error.strerror or error}. Choose another --metrics-port."
+        ) from error
     return endpoint
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,25 @@ def test_serve_refuses_foreign_directory(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "HashCheck store" in result.stderr
+
+
+@pytest.mark.parametrize("taken", ["grpc", "metrics"])
+def test_serve_on_a_taken_address_exits_2_with_one_message(
+    store_with_police: Path, taken: str
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        listen = f"127.0.0.1:{port}" if taken == "grpc" else "127.0.0.1:0"
+        metrics = ["--metrics-port", str(port)] if taken == "metrics" else []
+
+        completed = _run(
+            "serve", "--data", str(store_with_police), "--listen", listen, *metrics
+        )
+
+    assert completed.returncode == 2
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("hashcheck-server serve: Cannot ")
+    assert str(port) in last_line
+    assert "Traceback" not in completed.stderr
