@@ -198,8 +198,11 @@ class Client:
         raises, the results of the batches already sent are yielded first and
         its exception is raised after them.
 
-        A failed stream is not retried, since part of it was answered: a
-        `RateLimited` error's `retry_after_seconds` says when to start again.
+        A HashCheck server slows a stream that goes over the tenant's rate
+        down to it rather than ending it. A failed stream is not retried,
+        since part of it was answered: a `RateLimited` error (from a server
+        that ends such streams) carries `retry_after_seconds`, when to start
+        again.
         """
         require_max_in_flight(max_in_flight)
         ledger = StreamLedger[ContextT](want_receipts)
