@@ -134,7 +134,12 @@ class RunningServer:
 
     def wait(self) -> None:
         """Block until stop() has finished."""
-        self._stopped.wait()
+        # Timed waits: a signal's Python handler runs only in the main thread,
+        # once it runs Python code. When the kernel hands SIGTERM to one of
+        # gRPC's threads instead, an untimed wait would never wake for it,
+        # and the server would ignore the signal for good.
+        while not self._stopped.wait(_SIGNAL_POLL_SECONDS):
+            pass
 
     def stop(self, grace_seconds: float | None = 10.0) -> None:
         """Drain: refuse new calls, finish those in flight, then close the store.
@@ -166,6 +171,10 @@ class RunningServer:
             self._metrics_endpoint.shutdown()
             self._metrics_endpoint.server_close()
         logger.info("stopped")
+
+
+#: How often the main thread of a waiting server looks for signals.
+_SIGNAL_POLL_SECONDS = 0.2
 
 
 def start_server(

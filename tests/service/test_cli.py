@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -253,3 +257,40 @@ def test_serve_on_a_taken_address_exits_2_with_one_message(
     assert last_line.startswith("hashcheck-server serve: Cannot ")
     assert str(port) in last_line
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="tgkill is Linux's")
+def test_serve_drains_when_sigterm_reaches_another_thread(
+    store_with_police: Path,
+) -> None:
+    # The kernel may hand a process's signal to any of its threads; one
+    # aimed at a gRPC thread must still end the server.
+    server = subprocess.Popen(
+        [SERVER_CLI, "--log-format", "text", "serve"]
+        + ["--data", str(store_with_police), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "listening on" in line:
+                break
+        threads = [int(t) for t in os.listdir(f"/proc/{server.pid}/task")]
+        other = next(t for t in sorted(threads) if t != server.pid)
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(_SYS_TGKILL, server.pid, other, signal.SIGTERM) == 0
+
+        code = server.wait(timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        assert server.stderr is not None
+        server.stderr.close()
+
+    assert code == 0
+
+
+#: tgkill(2) on x86-64 and aarch64 Linux.
+_SYS_TGKILL = 234 if platform.machine() == "x86_64" else 131
