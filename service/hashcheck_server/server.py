@@ -256,18 +256,14 @@ def _metrics_address(config: ServerConfig) -> str | None:
 
 def _bind(access: AccessControl, server: grpc.Server, listen: str) -> int:
     """The port the gRPC server listens on; CannotListen if it cannot."""
-    refusal = (
-        f"Cannot listen on {listen}: the address is taken or invalid. "
-        "Choose another --listen, or stop what holds it."
-    )
     try:
-        port = access.bind(server, listen)
+        return access.bind(server, listen)
     except RuntimeError as error:
-        # Newer grpcio raises where older versions returned port 0.
-        raise CannotListen(refusal) from error
-    if port == 0:
-        raise CannotListen(refusal)
-    return port
+        # grpcio (1.85, as pinned) raises this for an address it cannot bind.
+        raise CannotListen(
+            f"Cannot listen on {listen}: the address is taken or invalid. "
+            "Choose another --listen, or stop what holds it."
+        ) from error
 
 
 def _start_metrics_endpoint(
