@@ -286,17 +286,23 @@ def _start_metrics_endpoint(
 
 def serve_until_signalled(config: ServerConfig) -> None:
     """Run a server in the foreground until SIGTERM or SIGINT, then drain."""
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _: FrameType | None) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    # Installed before the server starts: a supervisor may send SIGTERM the
+    # moment it sees the port open or the "listening" line, and a signal
+    # that came before its handler would kill the server without a drain.
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     running = start_server(config)
 
-    def drain(signum: int, _: FrameType | None) -> None:
-        logger.info("received %s", signal.Signals(signum).name)
-        threading.Thread(
-            target=running.stop, args=(config.grace_seconds,), name="drain"
-        ).start()
-
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
-    running.wait()
+    # Timed waits, for the reason RunningServer.wait gives.
+    while not stop_requested.wait(_SIGNAL_POLL_SECONDS):
+        pass
+    running.stop(config.grace_seconds)
 
 
 def _start_access(

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -290,6 +291,45 @@ def test_serve_drains_when_sigterm_reaches_another_thread(
         server.stderr.close()
 
     assert code == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_serve_drains_a_sigterm_that_comes_while_it_starts(
+    store_with_police: Path,
+) -> None:
+    # Supervisors send SIGTERM whenever they like, also before the server
+    # says it listens: once the handler is in place, the signal must lead
+    # to a drain and a clean exit, never to a kill.
+    server = subprocess.Popen(
+        [SERVER_CLI, "--log-format", "text", "serve"]
+        + ["--data", str(store_with_police), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until_catching(server.pid, signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
+        _, log = server.communicate(timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+    assert server.returncode == 0
+    assert "received SIGTERM" in log
+    assert log.strip().splitlines()[-1].endswith("stopped")
+
+
+def _wait_until_catching(pid: int, signum: int) -> None:
+    """Return once process pid has a handler for signum (its SigCgt mask)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt"))
+        if int(caught.split()[1], 16) & (1 << (signum - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} never caught signal {signum}")
 
 
 #: tgkill(2) on x86-64 and aarch64 Linux.
