@@ -103,17 +103,24 @@ class AuditEntry:
     peer: str
     generation: int
     sequence: int = 0
+    #: PDQ only: the Hamming distance to the listed hash the caller was told
+    #: of; a hit at 30 is weaker evidence than one at 0.
+    distance: int | None = None
 
     def to_json(self) -> bytes:
         # Spelled out rather than dataclasses.asdict, which deep-copies every
         # field and cost six times as much: this runs once per hit, on the
         # path of the reply.
-        fields = {
+        fields: dict[str, object] = {
             "time": self.time,
             "tenant": self.tenant,
             "algorithm": self.algorithm,
             "hash": self.hash,
             "lists": [{"list": n, "category": c} for n, c in self.lists],
+        }
+        if self.distance is not None:
+            fields["distance"] = self.distance
+        fields |= {
             "request_id": self.request_id,
             "peer": self.peer,
             "generation": self.generation,
@@ -396,6 +403,7 @@ def records_for_hits(
         _lists_json(tuple((match.list, match.category) for match in provenance))
         for provenance in hits.provenances
     ]
+    distances_json = _distances_json(hits)
     return [
         (
             now,
@@ -405,14 +413,25 @@ def records_for_hits(
                     batch[position * width : (position + 1) * width].hex().encode(),
                     b'","lists":',
                     lists_json[provenance],
+                    distance,
                     tail,
                 )
             ),
         )
-        for position, provenance in zip(
-            hits.positions.tolist(), hits.provenance_of.tolist(), strict=True
+        for position, provenance, distance in zip(
+            hits.positions.tolist(),
+            hits.provenance_of.tolist(),
+            distances_json,
+            strict=True,
         )
     ]
+
+
+def _distances_json(hits: TableHits) -> list[bytes]:
+    """Each hit's `,"distance":N` as to_json writes it; empty for exact hashes."""
+    if hits.distances.size == 0:
+        return [b""] * hits.count
+    return [b',"distance":%d' % distance for distance in hits.distances.tolist()]
 
 
 def _record_template(

@@ -17,9 +17,10 @@
 `tenant add` and `tenant rotate-key` print the new key alone on the last line
 of standard output; it is shown this once. `audit export` prints one JSON
 object a line with `time`, `tenant`, `algorithm`, `hash`, `lists`, `matches`,
-`request_id`, `peer`, `generation` and `sequence`. For the numeric limits, 0
-means no limit of the tenant's own. Running servers see every change within
-their reload interval, without a restart.
+`request_id`, `peer`, `generation` and `sequence`, and for a PDQ hit its
+`distance`. For the numeric limits, 0 means no limit of the tenant's own.
+Running servers see every change within their reload interval, without a
+restart.
 
 A tenant's scope is checked against the store, because a misspelt name would
 otherwise silently give the company no hits: `--lists` naming a list the
@@ -513,7 +514,7 @@ def _tenant_json(tenant: Tenant) -> dict[str, object]:
 
 
 def _entry_json(entry: AuditEntry) -> dict[str, object]:
-    return {
+    exported: dict[str, object] = {
         "time": _iso(entry.time),
         "tenant": entry.tenant,
         "algorithm": entry.algorithm,
@@ -525,6 +526,9 @@ def _entry_json(entry: AuditEntry) -> dict[str, object]:
         "generation": entry.generation,
         "sequence": entry.sequence,
     }
+    if entry.distance is not None:
+        exported["distance"] = entry.distance
+    return exported
 
 
 def _rate(hashes_per_second: float | None) -> str:

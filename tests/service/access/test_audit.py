@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,20 +254,24 @@ def test_an_entry_keeps_every_field_through_json() -> None:
     entry = AuditEntry(
         time=1_765_000_000.25,
         tenant="acme",
-        algorithm="sha1",
-        hash="ab" * 20,
+        algorithm="pdq",
+        hash="ab" * 32,
         lists=(("police", "A1"), ("icse", "baseline")),
         request_id="req-7",
         peer="ipv6:[::1]:5000",
         generation=42,
         sequence=9,
+        distance=12,
     )
+    exact = replace(entry, algorithm="sha1", hash="ab" * 20, distance=None)
 
     stored = json.loads(entry.to_json())
 
     assert set(stored) == {field.name for field in fields(AuditEntry)}
     assert stored["lists"][1] == {"list": "icse", "category": "baseline"}
     assert AuditEntry.from_json(entry.to_json()) == entry
+    assert "distance" not in json.loads(exact.to_json())
+    assert AuditEntry.from_json(exact.to_json()) == exact
 
 
 @pytest.mark.parametrize(
@@ -296,6 +300,29 @@ def test_records_for_hits_store_what_an_entry_stores(tenant: str) -> None:
         (e.tenant, e.request_id, e.peer, e.generation, e.sequence) for e in stored
     } == {(tenant, "req-1", "ipv4:10.0.0.1:9", 12, 5)}
     assert all(entry.time == at for entry, (at, _) in zip(stored, records, strict=True))
+
+
+def test_pdq_records_carry_each_hits_distance() -> None:
+    caller = Caller(Tenant(name="acme"), request_id="req-2", peer="ipv4:10.0.0.1:9")
+    batch = bytes(range(64))
+    hits = TableHits(
+        generation=3,
+        positions=np.array([0, 0, 1]),
+        provenance_of=np.array([0, 0, 0]),
+        provenances=((ListMatch("police", "A1"),),),
+        distances=np.array([4, 17, 31]),
+    )
+
+    records = records_for_hits(caller, Algorithm.PDQ, batch, hits, sequence=2)
+
+    stored = [AuditEntry.from_json(value) for _, value in records]
+    assert [(e.hash, e.distance) for e in stored] == [
+        (batch[:32].hex(), 4),
+        (batch[:32].hex(), 17),
+        (batch[32:].hex(), 31),
+    ]
+    # Byte for byte what an entry with the same fields writes.
+    assert records[2][1] == stored[2].to_json()
 
 
 def test_an_inline_submit_is_durable_when_it_returns(tmp_path: Path) -> None:
