@@ -34,6 +34,7 @@ from hashcheck._exceptions import (
     automatic_wait_seconds,
     rpc_errors_translated,
 )
+from hashcheck._flushing import ReadElsewhere
 from hashcheck._models import Batch, BatchResult, CheckResult, Info
 from hashcheck._packing import (
     as_hash_sequence,
@@ -328,6 +329,9 @@ class _RequestFlow(Generic[ContextT]):
     The input is read under a lock, so that `stop` can wait for a read in
     progress: gRPC's sending thread is a daemon, and one still inside the
     input (reading stdin, say) while the interpreter exits can abort it.
+    An input that reads on a thread of its own (`ReadElsewhere`) is not
+    waited for, so that Ctrl-C or an early stop does not wait out a
+    terminal or an upload queue that has gone quiet.
     """
 
     def __init__(
@@ -337,6 +341,7 @@ class _RequestFlow(Generic[ContextT]):
         max_in_flight: int,
     ) -> None:
         self._batches = iter(batches)
+        self._reads_elsewhere = isinstance(self._batches, ReadElsewhere)
         self._ledger = ledger
         self._slots = threading.Semaphore(max_in_flight)
         self._reading = threading.Lock()
@@ -361,6 +366,8 @@ class _RequestFlow(Generic[ContextT]):
         """Let the sending thread end, after any read of the input it is in."""
         self._stopped.set()
         self._slots.release()
+        if self._reads_elsewhere:
+            return
         if self._reading.acquire(timeout=_LONGEST_STOP_WAIT_SECONDS):
             self._reading.release()
 

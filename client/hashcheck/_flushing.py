@@ -39,6 +39,7 @@ __all__ = [
     "AsyncBackgroundPull",
     "BackgroundPull",
     "FlushTimer",
+    "ReadElsewhere",
     "read_ahead",
 ]
 
@@ -227,6 +228,22 @@ def _fill(source: Iterator[T], items: list[T], count: int) -> bool:
             return False
         step *= 2
     return False
+
+
+class ReadElsewhere(Iterator[T]):
+    """An iterator whose blocking reads happen on a thread of its own.
+
+    The thread that iterates it only ever waits for that thread (as
+    `read_ahead` and `BackgroundPull` do), so a consumer that stops early may
+    leave it waiting: unlike a thread inside a read of stdin, it holds
+    nothing that the interpreter's exit needs.
+    """
+
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+
+    def __next__(self) -> T:
+        return next(self._items)
 
 
 def read_ahead(

@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
 from hashcheck._exceptions import InvalidHash
-from hashcheck._flushing import FlushTimer, read_ahead
+from hashcheck._flushing import FlushTimer, ReadElsewhere, read_ahead
 from hashcheck._models import Batch
 
 __all__ = ["HexLineDecoder", "read_hex_batches"]
@@ -49,6 +49,12 @@ def read_hex_batches(
     Raises InvalidHash naming the line number of the first bad line, after
     yielding the batches of the lines before its block.
     """
+    return ReadElsewhere(_hex_batches(stream, algorithm, batch_size))
+
+
+def _hex_batches(
+    stream: BinaryIO, algorithm: Algorithm | None, batch_size: int
+) -> Iterator[Batch[None]]:
     decoder = HexLineDecoder(algorithm)
     timer = FlushTimer()
     pending = bytearray()

@@ -24,7 +24,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Se
 
 from hashcheck._algorithms import Algorithm, infer_algorithm, parse_hex
 from hashcheck._exceptions import InvalidHash
-from hashcheck._flushing import AsyncBackgroundPull, BackgroundPull, FlushTimer
+from hashcheck._flushing import (
+    AsyncBackgroundPull,
+    BackgroundPull,
+    FlushTimer,
+    ReadElsewhere,
+)
 from hashcheck._models import Batch
 
 __all__ = ["pack_hashes"]
@@ -139,7 +144,7 @@ def iter_batches(
         return iter_batches_inline(hashes, algorithm, batch_size)
     require_batch_size(batch_size)
     chosen = None if algorithm is None else coerce_algorithm(algorithm)
-    return _generate_batches(iter(hashes), chosen, batch_size)
+    return ReadElsewhere(_generate_batches(iter(hashes), chosen, batch_size))
 
 
 def iter_batches_inline(

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,6 +355,26 @@ def test_cli_check_real_server_stdin_left_open_prints_hit_within_a_second(
         second, "sha1", _POLICE_B2, real_server.generation
     )
     assert cli.finish() == (1, "")
+
+
+def test_cli_check_real_server_stdin_interrupted_while_quiet_exits_at_once(
+    live_cli: Callable[..., LiveCli], real_server: RealServer
+) -> None:
+    # Ctrl-C on `hashcheck check -` reading a terminal: stdin stays open.
+    cli = live_cli("check", "--server", real_server.target, "-")
+    cli.send(real_server.sha1[1].hex() + "\n")
+    assert cli.line_within(30) is not None
+
+    cli.process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    # wait, not communicate: that would close stdin and end the input.
+    code = cli.process.wait(timeout=30)
+    waited = time.monotonic() - started
+    _, stderr = cli.finish()
+
+    assert (code, stderr) == (130, "")
+    # It used to wait out the quiet input for 2 s first.
+    assert waited < 1.0
 
 
 def test_cli_scan_real_server_reports_listed_files(

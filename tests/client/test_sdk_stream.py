@@ -137,6 +137,27 @@ def test_check_stream_stopped_early_releases_the_call(
     assert _request_threads() == []
 
 
+def test_check_stream_stopped_early_does_not_wait_for_a_quiet_input(
+    client: Client, make_hash: MakeHash
+) -> None:
+    release = threading.Event()
+
+    def quiet_queue() -> Iterator[bytes]:
+        yield make_hash(Algorithm.MD5, 0)
+        release.wait(30)  # an upload queue with nothing more for now
+
+    results = client.check_stream(quiet_queue(), batch_size=10_000)
+    first = next(results)
+    started = time.monotonic()
+    results.close()
+    closed_after = time.monotonic() - started
+    release.set()
+
+    assert first.checked == 1
+    # It used to wait out the input for 2 s before giving up on it.
+    assert closed_after < 1.0
+
+
 def test_check_stream_server_failure_raises_mapped_error(
     client: Client, fake: FakeHashCheck, make_hash: MakeHash
 ) -> None:
