@@ -17,9 +17,12 @@ file's:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry
 
@@ -109,6 +112,13 @@ def serve(data: Path, access: AccessConfig | None = None) -> RunningServer:
         access=access or AccessConfig(),
     )
     return start_server(config, CollectorRegistry())
+
+
+@contextmanager
+def stub_for(running: RunningServer) -> Iterator[hashcheck_pb2_grpc.HashCheckStub]:
+    """A stub on a plaintext channel to `running`, closed at the end."""
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield hashcheck_pb2_grpc.HashCheckStub(channel)
 
 
 def as_key(key: str) -> tuple[tuple[str, str], ...]:

@@ -266,12 +266,7 @@ def test_serve_drains_when_sigterm_reaches_another_thread(
 ) -> None:
     # The kernel may hand a process's signal to any of its threads; one
     # aimed at a gRPC thread must still end the server.
-    server = subprocess.Popen(
-        [SERVER_CLI, "--log-format", "text", "serve"]
-        + ["--data", str(store_with_police), "--listen", "127.0.0.1:0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = _serve_in_background(store_with_police)
     try:
         assert server.stderr is not None
         for line in server.stderr:
@@ -300,12 +295,7 @@ def test_serve_drains_a_sigterm_that_comes_while_it_starts(
     # Supervisors send SIGTERM whenever they like, also before the server
     # says it listens: once the handler is in place, the signal must lead
     # to a drain and a clean exit, never to a kill.
-    server = subprocess.Popen(
-        [SERVER_CLI, "--log-format", "text", "serve"]
-        + ["--data", str(store_with_police), "--listen", "127.0.0.1:0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = _serve_in_background(store_with_police)
     try:
         _wait_until_catching(server.pid, signal.SIGTERM)
         server.send_signal(signal.SIGTERM)
@@ -318,6 +308,16 @@ def test_serve_drains_a_sigterm_that_comes_while_it_starts(
     assert server.returncode == 0
     assert "received SIGTERM" in log
     assert log.strip().splitlines()[-1].endswith("stopped")
+
+
+def _serve_in_background(data: Path) -> subprocess.Popen[str]:
+    """`serve` on an ephemeral port, its log lines on a pipe."""
+    return subprocess.Popen(
+        [SERVER_CLI, "--log-format", "text", "serve"]
+        + ["--data", str(data), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_until_catching(pid: int, signum: int) -> None:

@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from hashcheck.v1 import hashcheck_pb2_grpc
 from hashcheck_server.server import RunningServer
-from tenancy import ListHashes, add_tenants, build_store, make_list_hashes, serve
+from tenancy import (
+    ListHashes,
+    add_tenants,
+    build_store,
+    make_list_hashes,
+    serve,
+    stub_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,5 +48,5 @@ def secured(tenant_store: Path, tenant_keys: dict[str, str]) -> Iterator[Running
 def secured_stub(
     secured: RunningServer,
 ) -> Iterator[hashcheck_pb2_grpc.HashCheckStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
-        yield hashcheck_pb2_grpc.HashCheckStub(channel)
+    with stub_for(secured) as stub:
+        yield stub

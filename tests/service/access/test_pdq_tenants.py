@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
@@ -22,7 +21,7 @@ from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server.server import RunningServer
 from hashcheck_server.store import Entries, HashStore
 from pdq_oracle import flipped, random_pdq
-from tenancy import add_tenants, as_key, hits_of, serve
+from tenancy import add_tenants, as_key, hits_of, serve, stub_for
 
 SERVER_CLI = str(Path(sys.executable).parent / "hashcheck-server")
 PDQ = hashcheck_pb2.ALGORITHM_PDQ
@@ -72,8 +71,8 @@ def pdq_server(pdq_keys: tuple[Path, dict[str, str]]) -> Iterator[RunningServer]
 
 @pytest.fixture
 def pdq_stub(pdq_server: RunningServer) -> Iterator[hashcheck_pb2_grpc.HashCheckStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{pdq_server.port}") as channel:
-        yield hashcheck_pb2_grpc.HashCheckStub(channel)
+    with stub_for(pdq_server) as stub:
+        yield stub
 
 
 def _request(sequence: int = 0) -> hashcheck_pb2.CheckRequest:
