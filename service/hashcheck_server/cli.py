@@ -266,6 +266,11 @@ def _print_import_report(
             f"{part.held_back} held back as allow-listed, "
             f"{empty} empty-file hash(es) dropped; table holds {part.table_hashes}"
         )
+        if part.regraded:
+            print(
+                f"  {algorithm.value}: {part.regraded} hash(es) graded differently "
+                "by their own records; the last record's category was kept"
+            )
     print(f"  took {report.seconds:.1f} s")
 
 

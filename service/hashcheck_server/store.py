@@ -9,7 +9,7 @@ servers keep answering from it.
 How an import changes a table (one algorithm at a time):
 
 1. The imported hashes are sorted and deduplicated; of repeated records the
-   last one's category wins.
+   last one's category wins, and the report counts the hashes so regraded.
 2. Hashes already in the table keep their rows; new ones are appended after
    the old rows, so the membership bitmaps stay valid in this combined space.
 3. The list's bitmaps are updated: each imported row moves to its category.
@@ -52,7 +52,11 @@ from hashcheck_server import layout
 from hashcheck_server.digest import content_digest
 from hashcheck_server.errors import ImportRejected, UnknownList
 from hashcheck_server.lookup import LayeredTable, SortedTable
-from hashcheck_server.table import build_index, sort_unique_rows
+from hashcheck_server.table import (
+    build_index,
+    sort_unique_labelled_rows,
+    sort_unique_rows,
+)
 from hashcheck_server.withdrawals import HitChanges
 
 __all__ = [
@@ -100,6 +104,9 @@ class AlgorithmReport:
     unchanged: int = 0
     removed: int = 0
     held_back: int = 0
+    #: Hashes whose records in this import gave them different categories;
+    #: the last record's is kept.
+    regraded: int = 0
     table_hashes: int = 0
 
 
@@ -773,7 +780,7 @@ class HashStore:
         # The steps below replace bitmaps rather than change them in place.
         before = dict(memberships)
 
-        unique, categories = _unique_entries(entries, algorithm)
+        unique, categories, report.regraded = _unique_entries(entries, algorithm)
         report.records = 0 if entries is None else entries.hashes.shape[0]
         fresh, located_ids = _locate(parts, unique)
         combined_ids = located_ids
@@ -1024,17 +1031,21 @@ def _delta_outgrows_base(parts: _Parts, fresh: npt.NDArray[np.uint8]) -> bool:
 
 def _unique_entries(
     entries: Entries | None, algorithm: Algorithm
-) -> tuple[npt.NDArray[np.uint8], list[tuple[str, npt.NDArray[np.intp]]]]:
-    """Sorted unique hashes and, per category name, the indices graded so."""
+) -> tuple[npt.NDArray[np.uint8], list[tuple[str, npt.NDArray[np.intp]]], int]:
+    """Sorted unique hashes, per category name the indices graded so, and how
+    many hashes the records graded differently (the last record wins)."""
     if entries is None:
-        return np.empty((0, algorithm.width), dtype=np.uint8), []
-    unique, last_record = sort_unique_rows(entries.hashes)
+        return np.empty((0, algorithm.width), dtype=np.uint8), [], 0
+    unique, last_record, regraded = sort_unique_labelled_rows(
+        entries.hashes, entries.categories
+    )
     codes = entries.categories[last_record]
     by_category = [
         (name, np.flatnonzero(codes == code))
         for code, name in enumerate(entries.category_names)
     ]
-    return unique, [(name, indices) for name, indices in by_category if indices.size]
+    graded = [(name, indices) for name, indices in by_category if indices.size]
+    return unique, graded, regraded
 
 
 def _locate(
@@ -1073,7 +1084,14 @@ def _log_import(report: ImportReport, record: layout.ListRecord) -> None:
     """The one log line, and event, of a finished import."""
     counts = {
         name: report.total(name)
-        for name in ("added", "updated", "removed", "unchanged", "held_back")
+        for name in (
+            "added",
+            "updated",
+            "removed",
+            "unchanged",
+            "held_back",
+            "regraded",
+        )
     }
     logger.info(
         "imported list %s (%s): generation %d, %d added, %d updated, %d removed, "
@@ -1096,6 +1114,20 @@ def _log_import(report: ImportReport, record: layout.ListRecord) -> None:
             "seconds": round(report.seconds, 3),
         },
     )
+    if counts["regraded"]:
+        # A list that grades one hash two ways is a defect of its source: the
+        # hotline should ask which grade holds.
+        logger.warning(
+            "list %s: %d hashes graded differently by their own records; "
+            "the last record's category was kept",
+            report.list_name,
+            counts["regraded"],
+            extra={
+                "event": "import_regraded",
+                "list": report.list_name,
+                "regraded": counts["regraded"],
+            },
+        )
 
 
 def _hold_back(

@@ -36,6 +36,7 @@ __all__ = [
     "build_index",
     "filter_probes_of",
     "leading_bits",
+    "sort_unique_labelled_rows",
     "sort_unique_rows",
 ]
 
@@ -140,15 +141,39 @@ def sort_unique_rows(rows: Rows) -> tuple[Rows, npt.NDArray[np.intp]]:
     the last occurrence (so a later record of the same hash wins, as a later
     line of an import file should).
     """
+    unique, last, _ = sort_unique_labelled_rows(rows, None)
+    return unique, last
+
+
+def sort_unique_labelled_rows(
+    rows: Rows, labels: npt.NDArray[np.int32] | None
+) -> tuple[Rows, npt.NDArray[np.intp], int]:
+    """`sort_unique_rows`, and how many unique rows had records whose labels
+    differ (a hash graded twice, differently, in one list file)."""
     rows = np.ascontiguousarray(rows)
     if rows.shape[0] == 0:
-        return rows, np.empty(0, dtype=np.intp)
+        return rows, np.empty(0, dtype=np.intp), 0
 
     order = _bytewise_order(rows)
     ordered = rows[order]
     is_last_of_run = np.ones(len(order), dtype=bool)
     is_last_of_run[:-1] = np.any(ordered[1:] != ordered[:-1], axis=1)
-    return ordered[is_last_of_run], order[is_last_of_run]
+    relabelled = (
+        0 if labels is None else _runs_with_two_labels(labels[order], is_last_of_run)
+    )
+    return ordered[is_last_of_run], order[is_last_of_run], relabelled
+
+
+def _runs_with_two_labels(
+    labels: npt.NDArray[np.int32], is_last_of_run: npt.NDArray[np.bool_]
+) -> int:
+    """Runs of equal rows (ending where is_last_of_run) whose labels differ."""
+    within_run = ~is_last_of_run[:-1]
+    changes = np.flatnonzero(within_run & (labels[1:] != labels[:-1]))
+    if changes.size == 0:
+        return 0
+    run_of: npt.NDArray[np.intp] = np.cumsum(is_last_of_run) - is_last_of_run
+    return int(np.unique(run_of[changes]).size)
 
 
 def _bytewise_order(rows: Rows) -> npt.NDArray[np.intp]:

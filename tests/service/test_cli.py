@@ -70,6 +70,35 @@ def test_import_text_then_lists_and_show(tmp_path: Path) -> None:
     assert len(hashes) == 1_000
 
 
+def test_import_says_which_hashes_its_records_graded_two_ways(tmp_path: Path) -> None:
+    first, second = (row.tobytes().hex() for row in random_hashes(2, seed=5))
+    listing = tmp_path / "graded.csv"
+    listing.write_text(f"md5,grade\n{first},A1\n{second},B2\n{first},B1\n{second},B2\n")
+
+    imported = _run(
+        "import",
+        "--data",
+        str(tmp_path / "data"),
+        "--list",
+        "police",
+        "--format",
+        "csv",
+        "--hash-column",
+        "md5",
+        "--category-column",
+        "grade",
+        str(listing),
+    )
+    shown = _run("show", "--data", str(tmp_path / "data"), "police")
+
+    assert imported.returncode == 0, imported.stderr
+    assert "md5: 1 hash(es) graded differently by their own records" in (
+        imported.stdout
+    )
+    assert "1 hashes graded differently" in imported.stderr
+    assert json.loads(shown.stdout)["by_algorithm"] == {"md5": {"B1": 1, "B2": 1}}
+
+
 def test_import_from_stdin_infers_algorithm(tmp_path: Path) -> None:
     data = tmp_path / "data"
     hexes = [row.tobytes().hex().upper() for row in random_hashes(10, 20, seed=2)]

@@ -12,6 +12,7 @@ from hashcheck_server.table import (
     TableIndex,
     build_index,
     leading_bits,
+    sort_unique_labelled_rows,
     sort_unique_rows,
 )
 
@@ -150,6 +151,30 @@ def test_sort_unique_rows_last_record_wins() -> None:
 
     assert unique[:, 0].tolist() == [1, 2, 3]
     assert source.tolist() == [1, 3, 2]
+
+
+@pytest.mark.parametrize(
+    ("labels", "regraded"),
+    [
+        ([0, 0, 0, 0, 0], 0),  # repeats that agree are no regrading
+        ([0, 0, 1, 0, 0], 1),  # row 3: A1, then B2
+        ([0, 1, 1, 1, 1], 1),  # row 1 agrees; row 3 is regraded
+        ([1, 0, 0, 0, 1], 1),  # row 3: B2, A1, then B2 again: still one
+        ([0, 1, 2, 2, 1], 2),  # rows 3 and 1 both
+    ],
+)
+def test_sort_unique_labelled_rows_counts_hashes_graded_two_ways(
+    labels: list[int], regraded: int
+) -> None:
+    rows = np.array([[3] * 16, [1] * 16, [3] * 16, [1] * 16, [3] * 16], np.uint8)
+
+    unique, source, counted = sort_unique_labelled_rows(
+        rows, np.array(labels, np.int32)
+    )
+
+    assert unique[:, 0].tolist() == [1, 3]
+    assert source.tolist() == [3, 4]
+    assert counted == regraded
 
 
 def _hash_sets(width: int) -> st.SearchStrategy[tuple[list[bytes], list[bytes]]]:

@@ -57,12 +57,13 @@ def test_import_repeated_hash_last_category_wins(data_dir: Path) -> None:
         Algorithm.MD5, batch, np.array([0, 0, 0, 1], np.int32), ("A1", "B2")
     )
     with HashStore.open(data_dir, create=True) as store:
-        store.import_entries("police", [entries])
+        report = store.import_entries("police", [entries])
 
         hits = _hits(store, Algorithm.MD5, hashes)
 
     assert hits[0] == (ListMatch("police", "B2"),)
     assert hits[1] == (ListMatch("police", "A1"),)
+    assert report.total("regraded") == 1
 
 
 def test_hash_on_two_lists_names_both(data_dir: Path) -> None:
