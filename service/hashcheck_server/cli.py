@@ -448,8 +448,9 @@ def _run_promote(args: argparse.Namespace) -> int:
 def _add_staged(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser(
         "staged",
-        help="a staged list's overlap with the allow and live lists, and what "
-        "its tombstones will withdraw on promotion",
+        help="a staged list's overlap with the allow and live lists, the "
+        "hashes held back as allow-listed, and what its tombstones will "
+        "withdraw on promotion",
     )
     _data_argument(command)
     command.add_argument("name")

@@ -80,7 +80,7 @@ import errno
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,9 @@ class ListRecord:
     updated_at: float
     kind: str = BLOCK
     state: str = LIVE
+    #: A staged list's hashes held back at import because a live allow list
+    #: holds them, by algorithm name: `staged` shows them before promotion.
+    held_back: dict[str, int] = field(default_factory=dict)
 
     @property
     def is_live_block(self) -> bool:

@@ -292,6 +292,7 @@ class HashStore:
             self._remember_records(
                 transaction, list_name, record_ids or {}, withdrawals
             )
+            record = _with_held_back(record, report)
             layout.write_list_record(self.environment, transaction, record)
             change = f"import into {list_name}: +{report.total('added')}"
             report.generation = self._commit_generation(transaction, change)
@@ -405,7 +406,7 @@ class HashStore:
             withdrawn = 0
             if into is None:
                 promoted = replace_record(
-                    staged, state=layout.LIVE, updated_at=time.time()
+                    staged, state=layout.LIVE, updated_at=time.time(), held_back={}
                 )
                 layout.write_list_record(self.environment, transaction, promoted)
                 self._forget_kept_withdrawals(transaction, staged_name)
@@ -442,9 +443,10 @@ class HashStore:
             return self._kept_withdrawals(transaction, staged_name)
 
     def staged_overlap(self, staged_name: str) -> dict[Algorithm, dict[str, int]]:
-        """For a staged list, per algorithm: its size, and how much of it each
-        live list already holds (allow lists included), so that an operator
-        sees before promoting whether it would flag known-benign hashes."""
+        """For a staged list, per algorithm: its size, how many of its hashes
+        were held back at import as allow-listed, and how much of it each live
+        list already holds (allow lists included), so that an operator sees
+        before promoting whether it would flag known-benign hashes."""
         with self.environment.read() as transaction:
             record = self._require_list(transaction, staged_name)
             lists = {
@@ -457,9 +459,12 @@ class HashStore:
                 mine = BitMap.union(
                     BitMap(), *(b for _, (n, _, b) in items if n == record.name)
                 )
-                if not mine:
+                # Held back at import, so in no bitmap: counted apart.
+                held_back = record.held_back.get(algorithm.value, 0)
+                if not mine and not held_back:
                     continue
-                counts = overlap.setdefault(algorithm, {"staged": len(mine)})
+                counts = {"staged": len(mine), "held_back": held_back}
+                overlap[algorithm] = counts
                 for _, (name, _, bitmap) in items:
                     other = lists.get(name)
                     if other is None or other.state != layout.LIVE:
@@ -1128,6 +1133,25 @@ def _log_import(report: ImportReport, record: layout.ListRecord) -> None:
                 "regraded": counts["regraded"],
             },
         )
+
+
+def _with_held_back(
+    record: layout.ListRecord, report: ImportReport
+) -> layout.ListRecord:
+    """A staged list's record, adding what this import held back as allowed.
+
+    Only staged lists keep the count: it is what `staged` shows an operator
+    before promotion, and a live list's imports report it at once.
+    """
+    if record.state != layout.STAGED:
+        return record
+    held_back = dict(record.held_back)
+    for algorithm, part in report.algorithms.items():
+        if part.held_back:
+            held_back[algorithm.value] = (
+                held_back.get(algorithm.value, 0) + part.held_back
+            )
+    return replace_record(record, held_back=held_back)
 
 
 def _hold_back(

@@ -81,7 +81,12 @@ def test_staged_list_does_not_hit_until_promoted(data_dir: Path) -> None:
         assert sorted(_hits(store, new)) == []
         overlap = store.staged_overlap("delta-12-03")[Algorithm.MD5]
         # The two benign hashes were held back at import, so none overlap.
-        assert overlap == {"staged": 12, "block:police": 4, "allow:known-good": 0}
+        assert overlap == {
+            "staged": 12,
+            "held_back": 2,
+            "block:police": 4,
+            "allow:known-good": 0,
+        }
 
         store.promote("delta-12-03", into="police")
 
@@ -89,6 +94,27 @@ def test_staged_list_does_not_hit_until_promoted(data_dir: Path) -> None:
         assert sorted(hits) == list(range(2, 10))
         assert hits[2] == (ListMatch("police", "A1"),)
         assert [s.record.name for s in store.lists()] == ["known-good", "police"]
+
+
+def test_staged_shows_an_algorithm_whose_hashes_were_all_held_back(
+    data_dir: Path,
+) -> None:
+    benign = random_hashes(3, seed=9)
+    with HashStore.open(data_dir, create=True) as store:
+        store.import_entries("known-good", [md5_entries(benign)], kind=layout.ALLOW)
+        store.import_entries("page-1", [md5_entries(benign[:2])], staged=True)
+        store.import_entries("page-1", [md5_entries(benign[2:])], staged=True)
+
+        overlap = store.staged_overlap("page-1")
+        store.promote("page-1")
+        promoted = store.list_summary("page-1").record
+
+    assert overlap[Algorithm.MD5] == {
+        "staged": 0,
+        "held_back": 3,
+        "allow:known-good": 0,
+    }
+    assert promoted.held_back == {}
 
 
 def test_promote_staged_list_itself(data_dir: Path) -> None:
