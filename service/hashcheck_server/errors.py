@@ -21,7 +21,8 @@
         ├── StoreCorrupt            the directory is not a HashCheck store, or damaged
         ├── UnknownList             a list name that the store does not hold
         ├── UnknownTenant           a tenant name that the store does not hold
-        └── AuditFailed             a hit could not be recorded (UNAVAILABLE)
+        ├── AuditFailed             a hit could not be recorded (UNAVAILABLE)
+        └── ManifestNotKept         no manifest was kept for that generation
 
 Messages are whole sentences that say what to do next. They never contain a
 hash that a client sent, nor anything of the lists beyond what the caller named.
@@ -40,6 +41,7 @@ __all__ = [
     "HashCheckError",
     "ImportRejected",
     "MalformedInput",
+    "ManifestNotKept",
     "NotReady",
     "OverLimit",
     "Problem",
@@ -161,3 +163,7 @@ class UnknownTenant(StoreError):
 
 class AuditFailed(StoreError):
     """A hit could not be written to the audit log, so it is not reported."""
+
+
+class ManifestNotKept(StoreError):
+    """No manifest was kept for the generation asked for."""

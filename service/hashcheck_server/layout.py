@@ -10,7 +10,7 @@ Named databases and their records:
                      "digest" is the content digest (hashcheck_server.digest).
 - ``tables``, per algorithm (``md5``, ``sha1``, ``sha256``), a base part:
     ``<alg>/header``     JSON {"count", "width", "filter_bits", "directory_bits",
-                         "filter_probes"}
+                         "filter_probes", "sha256"} (sha256: of the rows)
     ``<alg>/rows``       count * width bytes: the sorted unique hashes
     ``<alg>/filter``     2**filter_bits / 8 bytes (see hashcheck_server.table)
     ``<alg>/directory``  (2**directory_bits + 1) little-endian uint32
@@ -56,6 +56,10 @@ Named databases and their records:
   "created_at", "status", "resolved_at", "note"}: a tenant contesting a hit,
   "open" until an operator makes it "upheld" or "rejected". Disputes change
   no answer, so they commit no generation.
+- ``manifests`` (hashcheck_server.manifest): 8 bytes, the big-endian
+  generation number -> the canonical JSON of that generation's manifest,
+  kept when it was committed so that the hotline can sign the manifest of a
+  past generation (`manifest --generation N`).
 - ``withdrawals`` (hashcheck_server.withdrawals): 16 bytes, big-endian
   nanoseconds since the epoch (8), process id (4), counter (4) -> JSON
   {"time", "generation", "change", "list", "algorithm", "hashes"}: one event
@@ -77,6 +81,7 @@ changes it atomically and a crash leaves the previous generation in place.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -129,6 +134,8 @@ class TableHeader:
     directory_bits: int
     #: hashcheck_server.table's filter kind; absent (1) in older stores.
     filter_probes: int = 1
+    #: SHA-256 of the rows as stored, for manifests; "" in older stores.
+    sha256: str = ""
 
 
 #: What a list is for. Block lists produce hits; an allow list holds hashes
@@ -200,6 +207,7 @@ class Environment:
             self.quarantine = self._open_db(b"quarantine", readonly)
             self.disputes = self._open_db(b"disputes", readonly)
             self.withdrawals = self._open_db(b"withdrawals", readonly)
+            self.manifests = self._open_db(b"manifests", readonly)
             self._check_format(create and not readonly)
         except lmdb.Error as error:
             raise translate_lmdb_error(error, self.path) from error
@@ -344,6 +352,28 @@ def write_generation_record(
     return record
 
 
+def write_manifest(
+    environment: Environment, transaction: Any, number: int, content: bytes
+) -> None:
+    """Keep the canonical JSON of generation `number`'s manifest."""
+    transaction.put(_generation_key(number), content, db=environment.manifests)
+
+
+def read_manifest(
+    environment: Environment, transaction: Any, number: int
+) -> bytes | None:
+    """The kept manifest of generation `number`, None if none was kept."""
+    if environment.manifests is None:
+        return None
+    raw = transaction.get(_generation_key(number), db=environment.manifests)
+    return None if raw is None else bytes(raw)
+
+
+def _generation_key(number: int) -> bytes:
+    # Big-endian, so that the database lists generations in order.
+    return number.to_bytes(8, "big")
+
+
 def stored_algorithms(environment: Environment, transaction: Any) -> list[Algorithm]:
     return [
         algorithm
@@ -419,6 +449,9 @@ def write_table_part(
         filter_bits=index.filter_bits,
         directory_bits=index.directory_bits,
         filter_probes=index.filter_probes,
+        # Hashed here, where only the part written is: a manifest of every
+        # generation then costs no pass over the tables that did not change.
+        sha256=hashlib.sha256(rows.reshape(-1).data).hexdigest(),
     )
     transaction.put(
         header_key(algorithm, part),

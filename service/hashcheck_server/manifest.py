@@ -37,32 +37,73 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import json
 from typing import Any
 
 from hashcheck._algorithms import Algorithm
 from hashcheck._manifests import MANIFEST_FORMAT, canonical_json
 from hashcheck_server import layout
+from hashcheck_server.errors import ManifestNotKept
 from hashcheck_server.signing import SigningKey
 
-__all__ = ["build_manifest", "sign_manifest"]
+__all__ = [
+    "build_manifest",
+    "keep_manifest",
+    "kept_manifest",
+    "manifest_in",
+    "sign_manifest",
+]
 
 
 def build_manifest(environment: layout.Environment) -> dict[str, Any]:
     """The manifest of the generation now committed in `environment`."""
     with environment.read() as transaction:
-        record = layout.read_generation_record(environment, transaction)
-        algorithms = layout.stored_algorithms(environment, transaction)
-        return {
-            "format": MANIFEST_FORMAT,
-            "generation": {
-                "number": record.number,
-                "committed_at": _utc_text(record.committed_at),
-                "change": record.change,
-                "digest": record.digest,
-            },
-            "lists": _lists(environment, transaction, algorithms),
-            "tables": _tables(environment, transaction, algorithms),
-        }
+        return manifest_in(environment, transaction)
+
+
+def manifest_in(environment: layout.Environment, transaction: Any) -> dict[str, Any]:
+    """The manifest of the generation that `transaction` sees."""
+    record = layout.read_generation_record(environment, transaction)
+    algorithms = layout.stored_algorithms(environment, transaction)
+    return {
+        "format": MANIFEST_FORMAT,
+        "generation": {
+            "number": record.number,
+            "committed_at": _utc_text(record.committed_at),
+            "change": record.change,
+            "digest": record.digest,
+        },
+        "lists": _lists(environment, transaction, algorithms),
+        "tables": _tables(environment, transaction, algorithms),
+    }
+
+
+def keep_manifest(environment: layout.Environment, transaction: Any) -> None:
+    """Keep the manifest of the generation `transaction` is about to commit.
+
+    Called in the write transaction, after its generation record: a manifest
+    asked for later (an auditor's question about a past hit) then describes
+    that generation exactly, though its tables are long gone.
+    """
+    manifest = manifest_in(environment, transaction)
+    number = manifest["generation"]["number"]
+    layout.write_manifest(environment, transaction, number, canonical_json(manifest))
+
+
+def kept_manifest(environment: layout.Environment, number: int) -> dict[str, Any]:
+    """The manifest kept for generation `number`; ManifestNotKept if none was."""
+    with environment.read() as transaction:
+        current = layout.read_generation_record(environment, transaction).number
+        raw = layout.read_manifest(environment, transaction, number)
+    if raw is None:
+        raise ManifestNotKept(
+            f"No manifest was kept for generation {number} (this store is at "
+            f"generation {current}). Manifests are kept from the first change "
+            "made by a HashCheck that keeps them; for an earlier generation, "
+            "use a manifest or snapshot taken then."
+        )
+    kept: dict[str, Any] = json.loads(raw)
+    return kept
 
 
 def sign_manifest(manifest: dict[str, Any], key: SigningKey) -> dict[str, Any]:
@@ -113,10 +154,12 @@ def _tables(
             )
             if rows is None:
                 continue
-            # A view of the map: hashed where it lies, never copied.
+            header = layout.read_table_header(environment, transaction, algorithm, part)
             parts[part] = {
                 "rows": len(rows) // algorithm.width,
-                "sha256": hashlib.sha256(rows).hexdigest(),
+                # Older stores' headers lack it: hash the rows where they lie
+                # in the map, never copied.
+                "sha256": header.sha256 or hashlib.sha256(rows).hexdigest(),
             }
     return tables
 

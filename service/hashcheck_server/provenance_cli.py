@@ -3,6 +3,7 @@
     hashcheck-server keys generate --data DIR [--out FILE] [--force]
     hashcheck-server keys show --data DIR [--key FILE] [--pem]
     hashcheck-server manifest --data DIR [--key FILE] [--out FILE]
+                              [--generation N]
     hashcheck-server manifest verify FILE --public-key KEY [--data DIR]
 
 `keys generate` writes the signing key (by default DATA/signing-key.pem, mode
@@ -13,10 +14,13 @@
 
 `keys show --pem` prints the public key as a PEM block instead. `manifest`
 writes the signed manifest of the generation now committed (see
-hashcheck_server.manifest) to FILE or standard output. `manifest verify`
+hashcheck_server.manifest), or with --generation that of an earlier one as
+it was kept at its commit, to FILE or standard output. `manifest verify`
 exits 0 when the manifest's signature holds (and, with --data, it describes
-that data directory exactly), 1 when it does not, 2 on error. KEY is the
-public key's text or a file holding it.
+that data directory exactly), 1 when it does not, 2 on error; a manifest of
+an earlier generation differs, and verify says whether it is the one the
+data directory kept for that generation. KEY is the public key's text or a
+file holding it.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from hashcheck._exceptions import ManifestInvalid
 from hashcheck._keys import read_public_key_argument
 from hashcheck._manifests import verify_manifest
 from hashcheck_server import layout
-from hashcheck_server.errors import HashCheckError
-from hashcheck_server.manifest import build_manifest, sign_manifest
+from hashcheck_server.errors import HashCheckError, ManifestNotKept
+from hashcheck_server.manifest import build_manifest, kept_manifest, sign_manifest
 from hashcheck_server.signing import (
     SigningKey,
     default_key_path,
@@ -90,6 +94,13 @@ def _add_manifest(commands: Commands) -> None:
     manifest.add_argument("--data", type=Path, help="the data directory")
     manifest.add_argument("--key", type=Path, help="default: DATA/signing-key.pem")
     manifest.add_argument("--out", type=Path, help="default: standard output")
+    manifest.add_argument(
+        "--generation",
+        type=int,
+        metavar="N",
+        help="an earlier generation, as its manifest was kept at its commit "
+        "(for a receipt that names it); default: the current one",
+    )
     manifest.set_defaults(run=_run_manifest)
 
     actions = manifest.add_subparsers(
@@ -135,7 +146,10 @@ def _run_manifest(args: argparse.Namespace) -> int:
     key = load_key_file(_key_path(args.key, args.data, "--key"))
     environment = layout.Environment(args.data, readonly=True)
     try:
-        manifest = build_manifest(environment)
+        if args.generation is None:
+            manifest = build_manifest(environment)
+        else:
+            manifest = kept_manifest(environment, args.generation)
     finally:
         environment.close()
 
@@ -174,23 +188,55 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _compare_with_data(content: Any, data: Path) -> int:
-    """Whether a verified manifest describes `data` exactly, said and returned."""
+    """Whether a verified manifest describes `data` exactly, said and returned.
+
+    A manifest of an earlier generation differs from the data as it is now;
+    the reason line then also says whether it is the manifest `data` kept for
+    that generation at its commit.
+    """
     environment = layout.Environment(data, readonly=True)
     try:
         actual = build_manifest(environment)
+        number = content.get("generation", {}).get("number")
+        earlier = None
+        if number != actual["generation"]["number"]:
+            earlier = _kept_or_none(environment, number)
     finally:
         environment.close()
 
-    differing = sorted(
+    differing = _differing_sections(actual, content)
+    if not differing:
+        print(f"matches {data}")
+        return EXIT_OK
+    print(f"differs from {data}: {', '.join(differing)}")
+    if number != actual["generation"]["number"]:
+        print(_earlier_generation_note(data, number, earlier, content))
+    return EXIT_INVALID
+
+
+def _kept_or_none(environment: layout.Environment, number: Any) -> Any:
+    if not isinstance(number, int):
+        return None
+    try:
+        return kept_manifest(environment, number)
+    except ManifestNotKept:
+        return None
+
+
+def _differing_sections(actual: Any, content: Any) -> list[str]:
+    return sorted(
         name
         for name in set(actual) | set(content)
         if actual.get(name) != content.get(name)
     )
-    if differing:
-        print(f"differs from {data}: {', '.join(differing)}")
-        return EXIT_INVALID
-    print(f"matches {data}")
-    return EXIT_OK
+
+
+def _earlier_generation_note(data: Path, number: Any, kept: Any, content: Any) -> str:
+    if kept is None:
+        return f"{data} kept no manifest for generation {number}"
+    if kept == content:
+        return f"it is the manifest {data} kept for generation {number}"
+    return f"nor is it the manifest {data} kept for generation {number}"
 
 
 def _key_path(named: Path | None, data: Path | None, flag: str) -> Path:

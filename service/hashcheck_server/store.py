@@ -49,7 +49,6 @@ from pyroaring import BitMap
 
 from hashcheck._algorithms import Algorithm
 from hashcheck_server import layout
-from hashcheck_server.digest import content_digest
 from hashcheck_server.errors import ImportRejected, UnknownList
 from hashcheck_server.lookup import LayeredTable, SortedTable
 from hashcheck_server.table import (
@@ -58,6 +57,7 @@ from hashcheck_server.table import (
     sort_unique_rows,
 )
 from hashcheck_server.withdrawals import HitChanges
+from hashcheck_server.writes import commit_generation
 
 __all__ = [
     "Entries",
@@ -600,13 +600,7 @@ class HashStore:
         return _TranslatedWrite(self.environment)
 
     def _commit_generation(self, transaction: Any, change: str) -> int:
-        previous = layout.read_generation_record(self.environment, transaction)
-        # The content digest (hashcheck_server.digest) of what this change wrote.
-        digest = content_digest(self.environment, transaction)
-        record = layout.write_generation_record(
-            self.environment, transaction, previous.number + 1, change, digest
-        )
-        return record.number
+        return commit_generation(self.environment, transaction, change)
 
     def _require_list(self, transaction: Any, list_name: str) -> layout.ListRecord:
         record = layout.read_list_record(self.environment, transaction, list_name)

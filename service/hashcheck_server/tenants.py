@@ -52,6 +52,7 @@ import lmdb
 from hashcheck_server import layout
 from hashcheck_server.errors import HashCheckError, UnknownTenant
 from hashcheck_server.generation import ListMatch
+from hashcheck_server.manifest import keep_manifest
 
 __all__ = [
     "Limits",
@@ -399,6 +400,8 @@ class TenantRegistry:
             f"tenant {tenant.name} changed",
             previous.digest,
         )
+        # Receipts issued from now on name this generation.
+        keep_manifest(self._environment, transaction)
 
     @contextmanager
     def _writing(self) -> Iterator[Any]:

@@ -21,6 +21,7 @@ import lmdb
 
 from hashcheck_server import layout
 from hashcheck_server.digest import content_digest
+from hashcheck_server.manifest import keep_manifest
 
 __all__ = ["commit_generation", "writing"]
 
@@ -41,7 +42,8 @@ def writing(environment: layout.Environment) -> Iterator[Any]:
 def commit_generation(
     environment: layout.Environment, transaction: Any, change: str
 ) -> int:
-    """Write the next generation record, with the digest of what it now holds."""
+    """Write the next generation record, with the digest of what it now holds,
+    and keep its manifest (hashcheck_server.manifest)."""
     previous = layout.read_generation_record(environment, transaction)
     record = layout.write_generation_record(
         environment,
@@ -50,4 +52,5 @@ def commit_generation(
         change,
         content_digest(environment, transaction),
     )
+    keep_manifest(environment, transaction)
     return record.number

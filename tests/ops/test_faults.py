@@ -34,23 +34,23 @@ from ops_support import (
 )
 from synthetic import md5_entries, random_hashes
 
-# Runs the CLI with the last step before every commit (the content digest,
-# computed once all of a change is written) made to announce itself and hang,
-# so that the test can kill -9 the writer with the whole change written but
-# not committed: the worst moment to die.
+# Runs the CLI with the last step before every commit (keeping the manifest,
+# once all of a change and its generation record are written) made to
+# announce itself and hang, so that the test can kill -9 the writer with the
+# whole change written but not committed: the worst moment to die.
 _HANG_BEFORE_COMMIT = textwrap.dedent(
     """
     import sys, time
-    import hashcheck_server.store as store
+    import hashcheck_server.writes as writes
 
-    real = store.content_digest
+    real = writes.keep_manifest
 
     def hang(environment, transaction):
         real(environment, transaction)
         print("WRITTEN, NOT COMMITTED", flush=True)
         time.sleep(600)
 
-    store.content_digest = hang
+    writes.keep_manifest = hang
     from hashcheck_server.cli import main
     sys.exit(main(sys.argv[1:]))
     """

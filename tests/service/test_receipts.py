@@ -25,8 +25,8 @@ from hashcheck import Algorithm, AsyncClient, Client, ListMatch
 from hashcheck._cli import main as client_main
 from hashcheck.v1 import hashcheck_pb2, hashcheck_pb2_grpc
 from hashcheck_server import layout
-from hashcheck_server.errors import SigningKeyError
-from hashcheck_server.manifest import build_manifest, sign_manifest
+from hashcheck_server.errors import ManifestNotKept, SigningKeyError
+from hashcheck_server.manifest import build_manifest, kept_manifest, sign_manifest
 from hashcheck_server.receipts import sign_receipts
 from hashcheck_server.server import RunningServer, ServerConfig, start_server
 from hashcheck_server.signing import (
@@ -36,6 +36,7 @@ from hashcheck_server.signing import (
     load_key_file,
 )
 from hashcheck_server.store import Entries, HashStore
+from hashcheck_server.tenants import TenantRegistry
 from synthetic import md5_entries, random_hashes
 from tenancy import add_tenants, build_store, make_list_hashes, serve
 
@@ -341,6 +342,9 @@ def test_cli_keys_and_manifest_round_trip(store_with_police: Path) -> None:
     )
     assert stale.returncode == 1
     assert "differs" in stale.stdout
+    assert "is the manifest" in stale.stdout and "kept for generation 1" in (
+        stale.stdout
+    )
 
     out.write_text(out.read_text().replace('"A1": 5000', '"A1": 4000'))
     tampered = _server_cli("manifest", "verify", str(out), "--public-key", public_key)
@@ -350,6 +354,74 @@ def test_cli_keys_and_manifest_round_trip(store_with_police: Path) -> None:
         "manifest", "verify", str(out) + ".absent", "--public-key", public_key
     )
     assert missing.returncode == 2
+
+
+def test_every_generation_keeps_the_manifest_it_had(data_dir: Path) -> None:
+    key = SigningKey.generate()
+    signed_then = []
+    with HashStore.open(data_dir, create=True) as store:
+        for seed in (1, 2, 3):
+            store.import_entries(
+                f"list-{seed}", [md5_entries(random_hashes(9, seed=seed))]
+            )
+            signed_then.append(sign_manifest(build_manifest(store.environment), key))
+        store.remove_hashes(Algorithm.MD5, random_hashes(9, seed=1)[:2])
+        signed_then.append(sign_manifest(build_manifest(store.environment), key))
+        # A tenant change commits a generation too, and receipts name it.
+        TenantRegistry(store.environment).add("acme")
+        signed_then.append(sign_manifest(build_manifest(store.environment), key))
+
+    environment = layout.Environment(data_dir, readonly=True)
+    try:
+        signed_later = [
+            sign_manifest(kept_manifest(environment, number), key)
+            for number in (1, 2, 3, 4, 5)
+        ]
+        with pytest.raises(ManifestNotKept, match="generation 9"):
+            kept_manifest(environment, 9)
+    finally:
+        environment.close()
+
+    # Ed25519 is deterministic: the same content gives the same file.
+    assert signed_later == signed_then
+
+
+def test_table_digests_come_from_the_headers_and_match_the_rows(
+    store_with_police: Path,
+) -> None:
+    environment = layout.Environment(store_with_police, readonly=True)
+    try:
+        tables = build_manifest(environment)["tables"]["md5"]
+        with environment.read() as transaction:
+            rows = transaction.get(
+                layout.rows_key(Algorithm.MD5), db=environment.tables
+            )
+            header = layout.read_table_header(environment, transaction, Algorithm.MD5)
+            recomputed = hashlib.sha256(rows).hexdigest()
+    finally:
+        environment.close()
+
+    assert tables["base"]["sha256"] == header.sha256 == recomputed
+
+
+def test_cli_signs_the_manifest_of_an_earlier_generation(
+    store_with_police: Path,
+) -> None:
+    data = str(store_with_police)
+    assert _server_cli("keys", "generate", "--data", data).returncode == 0
+    first = _server_cli("manifest", "--data", data).stdout
+    with HashStore.open(store_with_police) as store:
+        store.import_entries("extra", [md5_entries(random_hashes(5, seed=78))])
+
+    earlier = _server_cli("manifest", "--data", data, "--generation", "1")
+    current = _server_cli("manifest", "--data", data)
+    unknown = _server_cli("manifest", "--data", data, "--generation", "7")
+
+    assert earlier.returncode == 0, earlier.stderr
+    assert earlier.stdout == first
+    assert json.loads(current.stdout)["manifest"]["generation"]["number"] == 2
+    assert unknown.returncode == 2
+    assert "No manifest was kept for generation 7" in unknown.stderr
 
 
 def test_cli_check_saves_receipts_that_verify(
