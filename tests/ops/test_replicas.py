@@ -1,8 +1,9 @@
 """Many machines: the SDK balances over several servers and survives losing one.
 
-Three server processes stand in for three machines. SO_REUSEPORT on one port
-would hide which process answers, so each listens on an address of its own
-and counts its calls in its own metrics:
+Three server processes stand in for three machines. They share the one
+store, which they only read, but each writes an audit log of its own.
+SO_REUSEPORT on one port would hide which process answers, so each listens
+on an address of its own and counts its calls in its own metrics:
 
 - `ipv4:` target: three ports on 127.0.0.1, listed in the target;
 - `dns://` target: three loopback addresses (127.0.0.1-3) on one port, and a
@@ -56,12 +57,18 @@ def _start_three(
 ) -> list[int]:
     data = tmp_path / "data"
     metrics_ports = [free_port() for _ in hosts]
-    for host, port, metrics_port in zip(hosts, ports, metrics_ports, strict=True):
+    for number, (host, port, metrics_port) in enumerate(
+        zip(hosts, ports, metrics_ports, strict=True)
+    ):
         spawn_server(
             servers,
             tmp_path,
             "--data",
             str(data),
+            # An audit log each, as three machines have: one shared by all
+            # three would let a dying server's last commit hold up the others'.
+            "--audit",
+            str(tmp_path / f"audit-{number}"),
             "--metrics-port",
             str(metrics_port),
             "--metrics-listen",
