@@ -16,8 +16,9 @@ two different stores can produce the same byte stream:
 2. every membership bitmap, in LMDB key order (algorithm, list, category):
    ``b"member"``, the key, then the bitmap's rows as little-endian uint32;
 3. every list record, in name order: ``b"list"``, the name, then the record
-   as canonical JSON without its timestamps (``*_at``): its kind and state
-   decide whether its memberships hit, while when it was imported does not;
+   as canonical JSON without its timestamps (``*_at``) and its import
+   bookkeeping (``held_back``): its kind and state decide whether its
+   memberships hit, while when it was imported and what was held back do not;
 4. every hash on hold in the quarantine (hashcheck_server.quarantine), in
    LMDB key order: ``b"held"``, then its key (algorithm and raw hash). Held
    hashes give no hits; a store that never held one adds nothing here, so
@@ -49,6 +50,9 @@ __all__ = ["content_digest"]
 #: Table values whose key ends so hold rows; the others are derived from them.
 _ROWS_SUFFIX = b"/rows"
 
+#: List record fields that say what an import did, not what its list answers.
+_BOOKKEEPING = frozenset({"held_back"})
+
 
 def content_digest(environment: layout.Environment, transaction: Any) -> str:
     """The hex SHA-256 of the tables and memberships `transaction` sees."""
@@ -64,7 +68,7 @@ def content_digest(environment: layout.Environment, transaction: Any) -> str:
         record = {
             name: field
             for name, field in json.loads(bytes(value)).items()
-            if not name.endswith("_at")
+            if not name.endswith("_at") and name not in _BOOKKEEPING
         }
         canonical = json.dumps(record, sort_keys=True).encode()
         _update(digest, b"list", bytes(key), canonical)

@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -265,6 +266,22 @@ def test_digest_follows_content_not_history(tmp_path: Path) -> None:
     assert digests[0] == digests[1]  # built apart, at other times
     assert unchanged_rows == digests[1]  # a re-import of listed hashes
     assert one_removed != digests[1]
+
+
+def test_digest_leaves_out_what_an_import_held_back(tmp_path: Path) -> None:
+    build_store(tmp_path / "data", 100, seed=9)
+    with HashStore.open(tmp_path / "data") as store:
+        environment = store.environment
+        with environment.write() as transaction:
+            before = content_digest(environment, transaction)
+            (record,) = layout.read_list_records(environment, transaction)
+            layout.write_list_record(
+                environment, transaction, replace(record, held_back={"md5": 3})
+            )
+            after = content_digest(environment, transaction)
+
+    # What was held back at import changes no answer, so no digest either.
+    assert after == before
 
 
 def test_publish_moves_current_and_prunes(tmp_path: Path) -> None:
