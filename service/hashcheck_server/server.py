@@ -132,15 +132,6 @@ class RunningServer:
         self._stopping = threading.Lock()
         self._stopped = threading.Event()
 
-    def wait(self) -> None:
-        """Block until stop() has finished."""
-        # Timed waits: a signal's Python handler runs only in the main thread,
-        # once it runs Python code. When the kernel hands SIGTERM to one of
-        # gRPC's threads instead, an untimed wait would never wake for it,
-        # and the server would ignore the signal for good.
-        while not self._stopped.wait(_SIGNAL_POLL_SECONDS):
-            pass
-
     def stop(self, grace_seconds: float | None = 10.0) -> None:
         """Drain: refuse new calls, finish those in flight, then close the store.
 
@@ -299,7 +290,10 @@ def serve_until_signalled(config: ServerConfig) -> None:
     signal.signal(signal.SIGINT, request_stop)
     running = start_server(config)
 
-    # Timed waits, for the reason RunningServer.wait gives.
+    # Timed waits: a signal's Python handler runs only in the main thread,
+    # once it runs Python code. When the kernel hands SIGTERM to one of
+    # gRPC's threads instead, an untimed wait would never wake for it, and
+    # the server would ignore the signal for good.
     while not stop_requested.wait(_SIGNAL_POLL_SECONDS):
         pass
     running.stop(config.grace_seconds)
