@@ -198,9 +198,8 @@ def _compare_with_data(content: Any, data: Path) -> int:
     try:
         actual = build_manifest(environment)
         number = content.get("generation", {}).get("number")
-        earlier = None
-        if number != actual["generation"]["number"]:
-            earlier = _kept_or_none(environment, number)
+        is_earlier = number != actual["generation"]["number"]
+        kept = _kept_or_none(environment, number) if is_earlier else None
     finally:
         environment.close()
 
@@ -209,8 +208,8 @@ def _compare_with_data(content: Any, data: Path) -> int:
         print(f"matches {data}")
         return EXIT_OK
     print(f"differs from {data}: {', '.join(differing)}")
-    if number != actual["generation"]["number"]:
-        print(_earlier_generation_note(data, number, earlier, content))
+    if is_earlier:
+        print(_earlier_generation_note(data, number, kept, content))
     return EXIT_INVALID
 
 
